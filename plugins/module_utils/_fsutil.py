@@ -1,0 +1,95 @@
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module is private to sciops.fleet; its API may change without notice.
+"""Durable file system primitives: temp files, atomic replace with fsync, directory locks."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+
+# New files get the same permissions open() would give them (0666 minus the umask);
+# tempfile.mkstemp would create them 0600, which a renamed-into-place file must not keep.
+_NEW_FILE_MODE = 0o666
+
+
+def fsync_dir(path):
+    """fsync directory PATH so a rename or link inside it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_temp(directory, prefix=".tmp-"):
+    """Create and open a new file in DIRECTORY; return ``(fd, path)``. The caller owns both."""
+    while True:
+        path = os.path.join(directory, f"{prefix}{os.urandom(6).hex()}")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), _NEW_FILE_MODE)
+        except FileExistsError:
+            continue
+        return fd, path
+
+
+def commit_file(fd, tmp_path, final_path, mode=None):
+    """fsync FD (open on TMP_PATH), apply MODE, rename it to FINAL_PATH and fsync the directory.
+
+    FD is closed in every case; TMP_PATH is removed when the commit fails.
+    """
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
+        os.replace(tmp_path, final_path)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        remove_quietly(tmp_path)
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+
+
+def atomic_write(path, data, mode=None):
+    """Write DATA (bytes) to PATH atomically and durably: readers see the old or the new content."""
+    fd, tmp = create_temp(os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+    except BaseException:
+        os.close(fd)
+        remove_quietly(tmp)
+        raise
+    commit_file(fd, tmp, path, mode)
+
+
+def remove_quietly(path):
+    """Remove file PATH if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def link_unsupported(exc):
+    """True when EXC (from os.link) says a hard link is impossible here: other file system, no link support."""
+    return exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+@contextlib.contextmanager
+def locked(path, shared=False):
+    """Hold an flock on PATH (a directory or an existing file) for the duration of the block.
+
+    Locking the directory rather than a file in it works even though the files are replaced by rename.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

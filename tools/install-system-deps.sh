@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Install the system tools that sciops.fleet's build steps and tests use, when they are missing.
+# Debian/Ubuntu as root: installs them with apt-get. Elsewhere: says what to install and fails.
+set -euo pipefail
+
+# command -> Debian package
+declare -A WANT=(
+  [docker-registry]=docker-registry
+  [rpmbuild]=rpm
+  [mksquashfs]=squashfs-tools
+  [unsquashfs]=squashfs-tools
+  [createrepo_c]=createrepo-c
+  [systemd-nspawn]=systemd-container
+  [systemd-analyze]=systemd
+  [debootstrap]=debootstrap
+  [htpasswd]=apache2-utils
+  [rpmlint]=rpmlint
+  [squashfuse]=squashfuse
+  [ssh]=openssh-client
+  [ssh-keygen]=openssh-client
+  [ip]=iproute2
+  [make]=make
+  [git]=git
+)
+
+missing_pkgs=()
+missing_cmds=()
+for cmd in "${!WANT[@]}"; do
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    missing_cmds+=("$cmd")
+    missing_pkgs+=("${WANT[$cmd]}")
+  fi
+done
+# python3-venv provides ensurepip for `python3 -m venv`.
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  missing_cmds+=("python3 -m venv")
+  missing_pkgs+=(python3-venv)
+fi
+
+if [ ${#missing_pkgs[@]} -eq 0 ]; then
+  echo "system tools: all present"
+  exit 0
+fi
+
+mapfile -t pkgs < <(printf '%s\n' "${missing_pkgs[@]}" | sort -u)
+echo "system tools missing: ${missing_cmds[*]}"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: not root. Install these packages as root (Debian/Ubuntu):" >&2
+  echo "  apt-get update && apt-get install -y ${pkgs[*]}" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "error: no apt-get here (not Debian/Ubuntu). Install the equivalents of these Debian packages:" >&2
+  echo "  ${pkgs[*]}" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+echo "system tools: installed ${pkgs[*]}"
