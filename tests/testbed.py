@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) sciops.fleet contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Real test infrastructure for sciops.fleet: an OCI registry and a fleet of systemd nodes.
@@ -17,10 +16,10 @@ Every process started is recorded by PID in a state file, and every testbed regi
 
 Command line (``python3 tests/testbed.py --help``)::
 
-    testbed.py root                                      build or reuse the cached node root
+    python3 tests/testbed.py root                                      build or reuse the cached node root
     testbed.py fleet up --state DIR [--nodes 4] [--net 127.0.1]
     testbed.py fleet down --state DIR
-    testbed.py fleet {stop,start,restart,freeze,thaw} --state DIR NODE
+    testbed.py fleet {stop,start,restart,freeze,thaw} --state DIR --node NODE
     testbed.py registry up --state DIR [--auth USER:PASSWORD]
     testbed.py registry down --state DIR
     testbed.py sweep [--all]                             tear down testbeds whose owner is gone
@@ -756,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fleet_p = sub.add_parser("fleet", help="the systemd test fleet")
     fleet_p.add_argument("action", choices=["up", "down", "stop", "start", "restart", "freeze", "thaw"])
-    fleet_p.add_argument("node", nargs="?", help="node name for stop/start/restart/freeze/thaw")
+    fleet_p.add_argument("--node", help="node name for stop/start/restart/freeze/thaw")
     fleet_p.add_argument("--state", required=True, help="directory for the fleet's state and overlays")
     fleet_p.add_argument("--nodes", type=int, default=4)
     fleet_p.add_argument("--net", default="127.0.1", help="first three octets of the node addresses")

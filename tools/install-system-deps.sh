@@ -21,6 +21,7 @@ declare -A WANT=(
   [ip]=iproute2
   [make]=make
   [git]=git
+  [shellcheck]=shellcheck
 )
 
 missing_pkgs=()

@@ -1,0 +1,86 @@
+# sciops.fleet — build, test and try the collection.
+#
+#   make test    everything CI runs: system tools, venv, unit, sanity, lint, integration, molecule, build
+#   make help    the other targets
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+COLLECTIONS := $(CURDIR)/build/collections
+SANITY_TREE := $(CURDIR)/build/sanity/ansible_collections/sciops/fleet
+PYVER = $(shell $(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
+
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help test system-deps venv collection-link unit integration sanity lint molecule build install-check sweep clean
+
+help:
+	@echo "make test          run everything CI runs (installs what it needs; root on Debian)"
+	@echo "make system-deps   install the system tools (docker-registry, rpm, squashfs-tools, ...)"
+	@echo "make venv          create $(VENV) with the pinned Python dependencies"
+	@echo "make unit | integration | sanity | lint | molecule | build | install-check"
+	@echo "make sweep         tear down test fleets and registries left by a killed run"
+
+test: system-deps venv sweep unit sanity lint integration molecule install-check
+	@echo "make test: all steps passed"
+
+system-deps:
+	bash tools/install-system-deps.sh
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The checkout, importable and runnable as sciops.fleet (a symlink: edits are live).
+collection-link: venv
+	mkdir -p $(COLLECTIONS)/ansible_collections/sciops
+	ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/sciops/fleet
+
+sweep: venv
+	$(BIN)/python tests/testbed.py sweep
+
+unit: collection-link
+	$(BIN)/python -m pytest tests/unit
+
+integration: collection-link
+	$(BIN)/python -m pytest tests/integration
+
+# ansible-test needs a tree at ansible_collections/sciops/fleet with its own git index: a copy of the
+# files git tracks (and new, unignored ones).
+sanity: venv
+	rm -rf $(SANITY_TREE)
+	mkdir -p $(SANITY_TREE)
+	git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C $(SANITY_TREE)
+	cd $(SANITY_TREE) && git init -q && git add -A
+	$(BIN)/python tools/ansible_test_get_pip.py
+	cd $(SANITY_TREE) && $(BIN)/ansible-test sanity --requirements --python $(PYVER) --color no
+
+lint: collection-link
+	$(BIN)/ansible-lint --offline
+
+molecule: collection-link
+	$(BIN)/molecule test --all
+
+build: venv
+	mkdir -p build/dist
+	$(BIN)/ansible-galaxy collection build --force --output-path build/dist .
+
+# The built tarball installs into an empty collections path and its modules document themselves.
+install-check: build
+	rm -rf build/install-check
+	$(BIN)/ansible-galaxy collection install --offline -p build/install-check build/dist/sciops-fleet-$(VERSION).tar.gz
+	test -f build/install-check/ansible_collections/sciops/fleet/MANIFEST.json
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install-check $(BIN)/ansible-galaxy collection list sciops.fleet
+
+clean: sweep
+	rm -rf build .pytest_cache
