@@ -78,9 +78,11 @@ build: venv
 # The built tarball installs into an empty collections path and its modules document themselves.
 install-check: build
 	rm -rf build/install-check
-	$(BIN)/ansible-galaxy collection install --offline -p build/install-check build/dist/sciops-fleet-$(VERSION).tar.gz
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install-check $(BIN)/ansible-galaxy collection install \
+	  --offline --force -p build/install-check build/dist/sciops-fleet-$(VERSION).tar.gz
 	test -f build/install-check/ansible_collections/sciops/fleet/MANIFEST.json
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install-check $(BIN)/ansible-galaxy collection list sciops.fleet
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install-check $(BIN)/ansible-doc -t role sciops.fleet.node_base \
+	  | grep -q node_base_state_root
 
 clean: sweep
 	rm -rf build .pytest_cache
