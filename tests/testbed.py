@@ -61,6 +61,8 @@ NODE_PACKAGES = (
 # Bump when the post-debootstrap preparation of the root changes.
 ROOT_LAYOUT_VERSION = "1"
 
+MASKED_UNITS = ("systemd-modules-load.service",)
+
 NODE_BOOT_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 SSH_OPTIONS = (
@@ -200,6 +202,54 @@ def _umount(path: str) -> None:
     subprocess.run(["umount", "-l", path], capture_output=True, check=False)
     if _is_mounted(path):
         raise TestbedError(f"cannot unmount {path}")
+
+
+# --------------------------------------------------------------------------------------------
+# cgroups: each node in its own, or the nodes' systemd instances share one tree and fight over it
+
+
+def _cgroup_roots() -> list[str]:
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):  # unified hierarchy only
+        return ["/sys/fs/cgroup"]
+    return [path for path in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
+            if os.path.exists(os.path.join(path, "cgroup.procs"))]
+
+
+def _make_cgroups(tag: str) -> list[str]:
+    """Create a cgroup named TAG in every hierarchy systemd uses.
+
+    systemd-nspawn with --keep-unit puts the container below the cgroup it was started in. Started from
+    one shared cgroup, every node's systemd would manage the same /payload/system.slice/... groups: units
+    then fail to start ("Failed to attach to cgroup") and one node's stop can reach into another.
+    """
+    paths = []
+    for root in _cgroup_roots():
+        path = os.path.join(root, "sciops-testbed", tag)
+        os.makedirs(path, exist_ok=True)
+        paths.append(path)
+    return paths
+
+
+def _enter_cgroups(paths: list[str]):
+    def enter() -> None:
+        for path in paths:
+            with open(os.path.join(path, "cgroup.procs"), "w", encoding="ascii") as handle:
+                handle.write("0")
+    return enter
+
+
+def _remove_cgroups(paths: list[str]) -> None:
+    """Remove the cgroups (bottom up; a cgroup goes away by rmdir once it holds no process)."""
+    for path in paths:
+        if not os.path.isdir(path):
+            continue
+        for _attempt in range(20):
+            for current, _dirs, _files in os.walk(path, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(current)
+            if not os.path.exists(path):
+                break
+            time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -570,6 +620,7 @@ class Fleet:
             self.thaw(name)
             _terminate(node["pid"], self.MARKER)
         node["pid"] = None
+        _remove_cgroups(node.pop("cgroups", []))
         self._save_state()
 
     def start(self, name: str) -> None:
@@ -642,6 +693,12 @@ class Fleet:
         if not os.path.exists(os.path.join(merged, "etc/ssh/ssh_host_ed25519_key")):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}",
                             "-f", os.path.join(merged, "etc/ssh/ssh_host_ed25519_key")], check=True)
+        # With --capability=all this unit would try to load kernel modules into the shared kernel, and
+        # fail when several nodes boot at once; a node loads no modules.
+        for unit in MASKED_UNITS:
+            link = os.path.join(merged, "etc/systemd/system", unit)
+            if not os.path.islink(link):
+                os.symlink("/dev/null", link)
         ssh_dir = os.path.join(merged, "root/.ssh")
         os.makedirs(ssh_dir, mode=0o700, exist_ok=True)
         with open(self.key_path + ".pub", encoding="utf-8") as src:
@@ -656,14 +713,16 @@ class Fleet:
                "--register=no", "--keep-unit", "--console=passive", "--capability=all"]
         if os.path.exists("/dev/fuse"):
             cmd.append("--bind=/dev/fuse")
+        cgroups = _make_cgroups(f"{os.path.basename(self.state_dir)}-{hashlib.sha256(self.state_dir.encode()).hexdigest()[:8]}-{name}")
         log = open(os.path.join(node_dir, "console.log"), "ab")  # pylint: disable=consider-using-with
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,  # pylint: disable=consider-using-with
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_enter_cgroups(cgroups))
         finally:
             log.close()
         self.nodes[name]["pid"] = proc.pid
         self.nodes[name]["frozen"] = False
+        self.nodes[name]["cgroups"] = cgroups
 
     def _wait_booted(self, name: str) -> None:
         deadline = time.monotonic() + NODE_BOOT_TIMEOUT
@@ -682,8 +741,9 @@ class Fleet:
             if state == "running":
                 return
             if state == "degraded":
-                failed = self.ssh(name, "systemctl --failed --no-legend --plain", check=False).stdout
-                raise TestbedError(f"{name}: booted degraded; failed units:\n{failed}")
+                failed = self.ssh(name, "systemctl --failed --no-legend --plain; "
+                                  "journalctl -b -p warning --no-pager -n 30", check=False).stdout
+                raise TestbedError(f"{name}: booted degraded; failed units and warnings:\n{failed}")
             last = result.stderr.strip() or state
             time.sleep(0.5)
         raise TestbedError(f"{name}: not running after {NODE_BOOT_TIMEOUT:.0f}s (last: {last})")

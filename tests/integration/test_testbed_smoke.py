@@ -36,6 +36,21 @@ def test_every_node_runs_systemd_and_sshd(fleet, ansible):
         assert out == ["systemd", name, "running"]
 
 
+def test_nodes_are_isolated_machines(fleet):
+    """A unit stopped on one node keeps running on the others (each node has its own cgroup tree)."""
+    for name in fleet.names:
+        fleet.ssh(name, "systemd-run --unit=sciops-isolation-probe --collect sleep 600")
+    try:
+        first, *others = fleet.names
+        fleet.ssh(first, "systemctl stop sciops-isolation-probe")
+        assert fleet.ssh(first, "systemctl is-active sciops-isolation-probe", check=False).stdout.strip() != "active"
+        for name in others:
+            assert fleet.ssh(name, "systemctl is-active sciops-isolation-probe").stdout.strip() == "active"
+    finally:
+        for name in fleet.names:
+            fleet.ssh(name, "systemctl stop sciops-isolation-probe", check=False)
+
+
 def test_a_frozen_node_is_unreachable_and_recovers(fleet, ansible):
     victim = fleet.names[-1]
     fleet.freeze(victim)
