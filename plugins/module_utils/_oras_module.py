@@ -1,0 +1,62 @@
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module is private to sciops.fleet; its API may change without notice.
+"""What every ORAS module shares: the registry options (declared once), opening a store, failing well."""
+
+from __future__ import annotations
+
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import open_store
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import parse_reference
+
+# Documented in plugins/doc_fragments/registry.py; validate-modules checks the two agree.
+REGISTRY_ARGUMENT_SPEC = {
+    "username": {"type": "str"},
+    "password": {"type": "str", "no_log": True},
+    "docker_config": {"type": "path"},
+    "ca_path": {"type": "path"},
+    "validate_certs": {"type": "bool", "default": True},
+    "plain_http": {"type": "bool", "default": False},
+    "timeout": {"type": "float", "default": 60},
+    "retries": {"type": "int", "default": 3},
+}
+
+
+def registry_argument_spec(**options):
+    """The module's own OPTIONS merged with the shared registry options."""
+    spec = {name: dict(value) for name, value in REGISTRY_ARGUMENT_SPEC.items()}
+    spec.update(options)
+    return spec
+
+
+def registry_options(params):
+    """Keyword arguments for RegistryClient from the module's parameters."""
+    return {
+        "username": params.get("username"),
+        "password": params.get("password"),
+        "docker_config": params.get("docker_config"),
+        "ca_file": params.get("ca_path"),
+        "validate_certs": params.get("validate_certs", True),
+        "plain_http": params.get("plain_http", False),
+        "timeout": params.get("timeout") or 60,
+        "retries": params.get("retries") if params.get("retries") is not None else 3,
+    }
+
+
+def open_reference(params, text, option, create_layout=False, default_tag=None):
+    """Parse reference TEXT (from module option OPTION) and open its store: ``(reference, store)``."""
+    try:
+        reference = parse_reference(text, default_tag=default_tag)
+    except OciError as exc:
+        raise OciError(f"{option}: {exc}") from None
+    return reference, open_store(reference, create_layout=create_layout, **registry_options(params))
+
+
+def fail_from(module, exc, **result):
+    """Fail the module with EXC's message (it names the registry, reference or file), its type and RESULT."""
+    details = {"error_type": type(exc).__name__}
+    reference = getattr(exc, "reference", None)
+    if reference:
+        details["failed_reference"] = str(reference)
+    details.update(result)
+    module.fail_json(msg=str(exc), **details)
