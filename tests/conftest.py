@@ -148,3 +148,34 @@ class AnsibleRun:
     def __repr__(self):
         return (f"AnsibleRun(rc={self.rc}, ok={sorted(self.ok)}, failed={sorted(self.failed)}, "
                 f"unreachable={sorted(self.unreachable)})\n{self.stdout[-4000:]}")
+
+
+@pytest.fixture
+def run_module(tmp_path):
+    """Run a module of this collection on this machine, as Ansible would, without a play.
+
+    ``run_module("oras_pull", check=False, diff=False, **args)`` returns the module's JSON result, with
+    ``failed`` set when it failed and ``elapsed`` (seconds) added.
+    """
+    counter = iter(range(1_000_000))
+
+    def run(name, check=False, diff=False, **args):
+        import json  # pylint: disable=import-outside-toplevel
+        import subprocess  # pylint: disable=import-outside-toplevel
+        import time  # pylint: disable=import-outside-toplevel
+        path = tmp_path / f"module-args-{next(counter)}.json"
+        payload = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
+        path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": payload}), encoding="utf-8")
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", f"ansible_collections.sciops.fleet.plugins.modules.{name}", str(path)],
+            capture_output=True, text=True, check=False, timeout=900,
+            env=dict(os.environ, PYTHONPATH=COLLECTIONS_DIR),
+        )
+        try:
+            result = json.loads(proc.stdout)
+        except ValueError:
+            raise AssertionError(f"{name} printed no JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
+        result["elapsed"] = time.monotonic() - started
+        return result
+    return run

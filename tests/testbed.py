@@ -39,6 +39,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -360,19 +361,8 @@ class Registry:
         last_error = ""
         for _attempt in range(3):
             self.port = free_port()
-            config = self._write_config()
-            log = open(self.log_path, "ab")  # pylint: disable=consider-using-with
             try:
-                self._proc = subprocess.Popen(  # pylint: disable=consider-using-with
-                    ["docker-registry", "serve", config],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                )
-            finally:
-                log.close()
-            self.pid = self._proc.pid
-            self._save_state()
-            try:
-                self._wait_ready()
+                self._start_process()
                 _log(f"registry ready at {self.url} (pid {self.pid}, auth={'yes' if self.username else 'no'})")
                 return self
             except TestbedError as exc:
@@ -380,6 +370,29 @@ class Registry:
                 self._stop_process()
         self.down()
         raise TestbedError(f"docker-registry did not start: {last_error}; see {self.log_path}")
+
+    def stop(self) -> None:
+        """Stop the registry process (a fault: clients see refused connections); storage is kept."""
+        self._stop_process()
+        self._save_state()
+
+    def start(self) -> None:
+        """Start the registry again on the same port with the same storage."""
+        self._start_process()
+
+    def _start_process(self) -> None:
+        config = self._write_config()
+        log = open(self.log_path, "ab")  # pylint: disable=consider-using-with
+        try:
+            self._proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                ["docker-registry", "serve", config],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.pid = self._proc.pid
+        self._save_state()
+        self._wait_ready()
 
     def down(self) -> None:
         self._stop_process()
@@ -452,6 +465,83 @@ class Registry:
                 pass
             time.sleep(0.1)
         raise TestbedError(f"no answer on {self.url}/v2/ within {timeout:.0f}s")
+
+
+# --------------------------------------------------------------------------------------------
+# network faults
+
+
+class ThrottledProxy:
+    """A TCP proxy on 127.0.0.1 that forwards to UPSTREAM at RATE bytes/s per connection.
+
+    Slows a transfer down enough for a test to interrupt it (stop the registry behind it) at a known
+    point. It runs in threads of the test process and stops with ``close()``; connections close when
+    either side does.
+    """
+
+    def __init__(self, upstream_port: int, rate: int = 8 * 1024 * 1024, upstream_host: str = "127.0.0.1"):
+        self.upstream = (upstream_host, upstream_port)
+        self.rate = rate
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        for sock in list(self._sockets):
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> ThrottledProxy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _addr = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.rate), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, rate: int | None) -> None:
+        chunk = 64 * 1024
+        try:
+            while not self._closed.is_set():
+                data = source.recv(chunk)
+                if not data:
+                    break
+                sink.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 # --------------------------------------------------------------------------------------------

@@ -662,6 +662,13 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
 
     # -- referrers --------------------------------------------------------------------------
 
+    @property
+    def referrers_mechanism(self):
+        """How referrers were found: ``api`` (OCI 1.1 referrers API), ``tag_schema``, or None before a lookup."""
+        if self._referrers_api is None:
+            return None
+        return "api" if self._referrers_api else "tag_schema"
+
     def referrers(self, repo, digest, artifact_type=None):
         split_digest(digest)
         if self._referrers_api is not False:

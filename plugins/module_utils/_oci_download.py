@@ -94,14 +94,8 @@ def _check_inside(root, path, name, dest_dir):
         raise UnsafePathError(name, dest_dir, f"it resolves to {path}, outside the destination (through a symlink)")
 
 
-def safe_destination(dest_dir, name, create=True):
-    """The absolute path for file NAME (relative, '/'-separated) under DEST_DIR; parent directories are created
-    unless CREATE is false (check mode).
-
-    Rejects empty names, NUL, absolute paths and '..' components, and any name whose parent directory
-    resolves (through symlinks) outside DEST_DIR. A symlink at the final name itself is harmless: files are
-    renamed over it, never written through it.
-    """
+def name_parts(name, dest_dir=None):
+    """The components of file NAME (relative, '/'-separated), or UnsafePathError when it could leave DEST_DIR."""
     if not isinstance(name, str) or not name.strip():
         raise UnsafePathError(name, dest_dir, "the name is empty")
     if "\0" in name:
@@ -114,6 +108,18 @@ def safe_destination(dest_dir, name, create=True):
     parts = [part for part in parts if part not in ("", ".")]
     if not parts:
         raise UnsafePathError(name, dest_dir, "it names the destination directory itself")
+    return parts
+
+
+def safe_destination(dest_dir, name, create=True):
+    """The absolute path for file NAME (relative, '/'-separated) under DEST_DIR; parent directories are created
+    unless CREATE is false (check mode).
+
+    Rejects empty names, NUL, absolute paths and '..' components, and any name whose parent directory
+    resolves (through symlinks) outside DEST_DIR. A symlink at the final name itself is harmless: files are
+    renamed over it, never written through it.
+    """
+    parts = name_parts(name, dest_dir)
     root = os.path.realpath(dest_dir)
     final = os.path.join(root, *parts)
     parent = os.path.dirname(final)

@@ -52,6 +52,13 @@ def open_reference(params, text, option, create_layout=False, default_tag=None):
     return reference, open_store(reference, create_layout=create_layout, **registry_options(params))
 
 
+def split_target(target, extra_tags):
+    """``registry/repo:tag1,tag2`` -> (``registry/repo:tag1``, [tag1, tag2, *extra_tags])."""
+    head, _sep, more = target.partition(",")
+    tags = [t.strip() for t in more.split(",") if t.strip()] if more else []
+    return head, tags + [t for t in extra_tags if t not in tags]
+
+
 def fail_from(module, exc, **result):
     """Fail the module with EXC's message (it names the registry, reference or file), its type and RESULT."""
     details = {"error_type": type(exc).__name__}

@@ -1,0 +1,214 @@
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module is private to sciops.fleet; its API may change without notice.
+"""Artifacts made of files: describe local files as layers, push them as one manifest, pull them back.
+
+Used by oras_push, oras_attach (a referrer is an artifact with a subject) and oras_pull, and by the
+rollout's artifact fetch. A manifest is built deterministically (no timestamps, canonical JSON), so the
+same files give the same digest and a second push changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import (
+    FILE_MODE_ANNOTATION,
+    file_matches,
+    format_file_mode,
+    name_parts,
+    parse_file_mode,
+    safe_destination,
+)
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import NotFoundError, OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_bytes, digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
+    EMPTY_JSON,
+    INDEX_MEDIA_TYPES,
+    OCI_EMPTY,
+    OCI_MANIFEST,
+    TITLE_ANNOTATION,
+    Descriptor,
+    build_manifest,
+    parse_manifest,
+)
+
+DEFAULT_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+
+
+class LocalFile:
+    """A file to push: where it is, the name it gets in the artifact, and its descriptor."""
+
+    __slots__ = ("path", "descriptor")
+
+    def __init__(self, path, descriptor):
+        self.path = path
+        self.descriptor = descriptor
+
+
+def describe_file(path, name=None, media_type=None, annotations=None, record_mode=True):
+    """A LocalFile for PATH: hashed, titled NAME (default: its base name), its permission bits recorded."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise OciError(f"cannot read file {path!r} to push: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise OciError(f"{path!r} is not a regular file; push files, or a directory with 'directory'")
+    title = name or os.path.basename(path)
+    # A name no pull would accept is refused here, before anything is sent.
+    name_parts(title, "the artifact")
+    digest, size = digest_file(path)
+    notes = dict(annotations or {})
+    notes[TITLE_ANNOTATION] = title
+    if record_mode:
+        notes[FILE_MODE_ANNOTATION] = format_file_mode(stat.S_IMODE(info.st_mode))
+    return LocalFile(path, Descriptor(media_type or DEFAULT_LAYER_MEDIA_TYPE, digest, size, annotations=notes))
+
+
+def describe_directory(directory, media_type=None, record_mode=True):
+    """LocalFiles for every regular file below DIRECTORY, titled by relative path, in sorted order.
+
+    Symbolic links and special files are refused rather than followed: what is pushed is what is listed.
+    """
+    if not os.path.isdir(directory):
+        raise OciError(f"directory {directory!r} to push does not exist or is not a directory")
+    files = []
+    for root, dirs, names in os.walk(directory):
+        dirs.sort()
+        for entry in sorted(names) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            path = os.path.join(root, entry)
+            relative = os.path.relpath(path, directory).replace(os.sep, "/")
+            if os.path.islink(path) or not os.path.isfile(path):
+                raise OciError(f"{path!r} is a symbolic link or special file; only regular files can be pushed")
+            files.append(describe_file(path, relative, media_type, record_mode=record_mode))
+    if not files:
+        raise OciError(f"directory {directory!r} holds no file to push")
+    files.sort(key=lambda f: f.descriptor.title)
+    return files
+
+
+def check_unique_titles(files):
+    """Refuse two files with the same name in one artifact: the second would overwrite the first on pull."""
+    seen = {}
+    for item in files:
+        title = item.descriptor.title
+        if title in seen:
+            raise OciError(f"two files would be stored as {title!r}: {seen[title]!r} and {item.path!r}; give one a different 'name'")
+        seen[title] = item.path
+
+
+def empty_config():
+    """The descriptor of the empty JSON config ORAS artifacts carry."""
+    return Descriptor(OCI_EMPTY, digest_bytes(EMPTY_JSON), len(EMPTY_JSON))
+
+
+def current_digest(store, repo, ref):
+    """The digest REF points to, or None when it does not exist."""
+    try:
+        return store.resolve(repo, ref).digest
+    except NotFoundError:
+        return None
+
+
+def push_artifact(store, repo, tags, files, config_path=None, config_media_type=None, artifact_type=None,
+                  annotations=None, subject=None, check_mode=False):
+    """Push FILES (LocalFiles) as one manifest and point every tag in TAGS at it.
+
+    Blobs already in the store are not sent again. Returns a dict: digest, size, media_type, changed,
+    before (tag -> digest or None), uploaded (blob digests sent), and manifest (the bytes).
+    With no TAGS the manifest is stored by digest only (a referrer).
+    """
+    check_unique_titles(files)
+    if config_path:
+        config_digest, config_size = digest_file(config_path)
+        config = Descriptor(config_media_type, config_digest, config_size)
+    else:
+        config = empty_config()
+    manifest = build_manifest([f.descriptor for f in files], config=config, subject=subject,
+                              artifact_type=artifact_type, annotations=annotations)
+    digest = digest_bytes(manifest)
+    refs = list(tags) or [digest]
+    before = {ref: current_digest(store, repo, ref) for ref in refs}
+    changed = any(value != digest for value in before.values())
+    uploaded = []
+    if changed and not check_mode:
+        blobs = [(f.path, f.descriptor) for f in files] + [(config_path or EMPTY_JSON, config)]
+        for source, descriptor in blobs:
+            if store.push_blob(repo, source, descriptor.digest, descriptor.size):
+                uploaded.append(descriptor.digest)
+        for ref in refs:
+            if before[ref] != digest:
+                store.put_manifest(repo, ref, manifest, OCI_MANIFEST)
+    return {"digest": digest, "size": len(manifest), "media_type": OCI_MANIFEST, "changed": changed,
+            "before": before, "uploaded": uploaded, "manifest": manifest}
+
+
+def load_manifest(store, repo, ref, what):
+    """``(manifest dict, digest, media_type)`` of REF; an index is refused with a message saying what to do."""
+    data, digest, media_type = store.get_manifest(repo, ref)
+    manifest = parse_manifest(data, what)
+    if media_type in INDEX_MEDIA_TYPES or "manifests" in manifest:
+        raise OciError(f"{what} is an index of several manifests ({digest}); name one of them by digest")
+    return manifest, digest, media_type
+
+
+def plan_pull(manifest, dest, what, create=True):
+    """What pulling MANIFEST into DEST means, file by file.
+
+    Returns ``(files, skipped)``: files is a list of dicts (name, path, descriptor, mode, state) where state
+    is ``present`` (content and mode already right), ``mode`` (content right, mode to fix) or ``fetch``;
+    skipped lists the digests of layers without a file name, which ORAS clients do not write either.
+    """
+    files, skipped, seen = [], [], set()
+    for number, layer in enumerate(manifest.get("layers") or []):
+        descriptor = Descriptor.from_dict(layer, f"{what}, layer {number}")
+        name = descriptor.title
+        if not name:
+            skipped.append(descriptor.digest)
+            continue
+        if name in seen:
+            raise OciError(f"{what} names the file {name!r} twice; refusing to let one layer overwrite another")
+        seen.add(name)
+        path = safe_destination(dest, name, create=create)
+        mode = parse_file_mode(descriptor.annotations.get(FILE_MODE_ANNOTATION), name)
+        if not file_matches(path, descriptor.digest, descriptor.size):
+            state = "fetch"
+        elif mode is not None and stat.S_IMODE(os.stat(path).st_mode) != mode:
+            state = "mode"
+        else:
+            state = "present"
+        files.append({"name": name, "path": path, "descriptor": descriptor, "mode": mode, "state": state})
+    return files, skipped
+
+
+def pull_artifact(store, repo, ref, dest, what, cache=None, expected_digest=None, check_mode=False):
+    """Place every named file of the artifact REF in DEST, verified; fetch only what is missing or different.
+
+    Returns a dict: digest, media_type, artifact_type, annotations, changed, files (name, path, digest,
+    size, state), skipped.
+    """
+    manifest, digest, media_type = load_manifest(store, repo, ref, what)
+    if expected_digest and digest != expected_digest:
+        raise OciError(f"{what} resolves to {digest}, not to the expected {expected_digest}; "
+                       "the tag has moved or the wrong reference was given")
+    if not check_mode:
+        os.makedirs(dest, exist_ok=True)
+    files, skipped = plan_pull(manifest, dest, what, create=not check_mode)
+    for item in files:
+        if check_mode or item["state"] == "present":
+            continue
+        if item["state"] == "mode":
+            os.chmod(item["path"], item["mode"])
+        else:
+            store.fetch_blob_to(repo, item["descriptor"], dest, item["name"], mode=item["mode"], cache=cache)
+    return {
+        "digest": digest,
+        "media_type": media_type,
+        "artifact_type": manifest.get("artifactType") or (manifest.get("config") or {}).get("mediaType"),
+        "annotations": manifest.get("annotations") or {},
+        "changed": any(item["state"] != "present" for item in files),
+        "files": [{"name": i["name"], "path": i["path"], "digest": i["descriptor"].digest,
+                   "size": i["descriptor"].size, "state": i["state"]} for i in files],
+        "skipped": skipped,
+    }
