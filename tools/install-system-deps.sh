@@ -22,6 +22,8 @@ declare -A WANT=(
   [make]=make
   [git]=git
   [shellcheck]=shellcheck
+  [skopeo]=skopeo
+  [curl]=curl
 )
 
 missing_pkgs=()
