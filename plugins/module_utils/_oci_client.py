@@ -62,6 +62,7 @@ USER_AGENT = "sciops.fleet-oci/1"
 DEFAULT_TIMEOUT = 60.0
 # Blobs up to this size go up in one PUT; larger ones in PATCH chunks of this size.
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+BODY_BLOCK_SIZE = 1024 * 1024
 CREDENTIAL_HELPER_TIMEOUT = 30
 _ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
 _CHALLENGE_PARAM_RE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
@@ -192,14 +193,14 @@ class _FileSlice:
         self._handle.seek(offset)
         self._left = length
 
-    def read(self, size=-1):
-        """Up to SIZE bytes, never past the slice."""
-        if self._left <= 0:
-            return b""
-        size = self._left if size is None or size < 0 else min(size, self._left)
-        data = self._handle.read(size)
-        self._left -= len(data)
-        return data
+    def __iter__(self):
+        # An iterable body, not a readable one: http.client would read a readable body in 8 KiB pieces.
+        while self._left > 0:
+            data = self._handle.read(min(BODY_BLOCK_SIZE, self._left))
+            if not data:
+                raise OSError(f"{self._handle.name} ended {self._left} bytes early; it changed while being uploaded")
+            self._left -= len(data)
+            yield data
 
     def close(self):
         """Close the file."""

@@ -51,6 +51,11 @@ class Response:
         self._pos += len(chunk)
         return chunk
 
+    def readinto(self, buffer):
+        chunk = self.read(len(buffer))
+        buffer[:len(chunk)] = chunk
+        return len(chunk)
+
     def close(self):
         pass
 
