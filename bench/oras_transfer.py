@@ -99,7 +99,7 @@ def main() -> int:
         blob = os.path.join(src, "image.sqfs")
         hasher = hashlib.sha256()
         with open(blob, "wb") as handle:
-            for _ in range(args.size_mib):
+            for _mib in range(args.size_mib):
                 chunk = os.urandom(1024 * 1024)
                 hasher.update(chunk)
                 handle.write(chunk)

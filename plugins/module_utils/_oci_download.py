@@ -261,7 +261,7 @@ class _HashWriter:
         self.error = None
         self._free = queue.Queue()
         self._full = queue.Queue()
-        for _ in range(self.BUFFERS):
+        for _buffer in range(self.BUFFERS):
             self._free.put(bytearray(CHUNK_SIZE))
         self._thread = threading.Thread(target=self._run, name="blob-writer", daemon=True)
         self._thread.start()

@@ -58,7 +58,7 @@ seealso:
   - module: sciops.fleet.oras_push
   - module: sciops.fleet.oras_info
 author:
-  - sciops.fleet maintainers
+  - sciops.fleet maintainers (@sciops)
 """
 
 EXAMPLES = r"""

@@ -94,7 +94,7 @@ seealso:
   - module: sciops.fleet.oras_copy
   - module: sciops.fleet.oras_attach
 author:
-  - sciops.fleet maintainers
+  - sciops.fleet maintainers (@sciops)
 """
 
 EXAMPLES = r"""
@@ -132,7 +132,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 digest:
-  description: Digest of the manifest: the artifact's identity.
+  description: Digest of the manifest, the identity of the artifact.
   returned: success
   type: str
   sample: sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
