@@ -1,0 +1,288 @@
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module is private to sciops.fleet; its API may change without notice.
+"""The release manifest: schema, validation with one clear message per wrong field, canonical form.
+
+A release names an application, its version and protocol version, the artifacts it consists of by digest
+and how each is installed, the configuration rendered from templates, the services to restart, what a node
+needs to run it, and how to tell that it is healthy. It is stored as an OCI artifact holding its canonical
+JSON (``release.json``, what nodes read with the standard library) and the YAML it was written in; the
+digest of that artifact's manifest is the release id on every node.
+
+Schema version 1 (``docs/releases.md`` documents every field)::
+
+    schema_version: 1
+    application: qserv
+    version: 1.4.0            # 1.4.0~rc1 sorts before 1.4.0
+    protocol: "7"             # clients and servers of different protocols cannot talk
+    role: server              # optional; free text (server, client, worker, ...)
+    artifacts:
+      - name: bin
+        reference: registry.example.org/build/qserv-bin@sha256:...
+        install: files        # files | extract | squashfs
+    configs:
+      - source: bin/qserv.conf.in
+        dest: etc/qserv.conf
+        vars: {port: 7000}
+    services: [qserv@current.service]
+    requires: {arch: [x86_64], os_family: [debian], disk_mb: 500, memory_mb: 256,
+               commands: [tar], kernel: [squashfs]}
+    health:
+      - {tcp: "${address}:7000", timeout: 5}       # ${address}: the node's address
+      - {http: "http://127.0.0.1:7000/health", expect_status: 200, timeout: 5}
+      - {command: "/opt/qserv/bin/qserv --check", timeout: 10}
+      retries/delay per check
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import parse_reference
+
+SCHEMA_VERSION = 1
+RELEASE_ARTIFACT_TYPE = "application/vnd.sciops.fleet.release.v1+json"
+RELEASE_FILE = "release.json"
+RELEASE_SOURCE_FILE = "release.yaml"
+INSTALL_KINDS = ("files", "extract", "squashfs")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+~_-]{0,63}$")
+_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOP_KEYS = ("schema_version", "application", "version", "protocol", "role", "description", "artifacts", "configs",
+             "services", "requires", "health")
+_ARTIFACT_KEYS = ("name", "reference", "digest", "install", "description")
+_CONFIG_KEYS = ("source", "dest", "vars", "mode")
+_REQUIRES_KEYS = ("arch", "os_family", "disk_mb", "memory_mb", "commands", "kernel")
+_HEALTH_KINDS = ("command", "tcp", "http")
+_HEALTH_KEYS = _HEALTH_KINDS + ("timeout", "retries", "delay", "expect_status", "name")
+
+
+class ReleaseError(OciError):
+    """A release manifest is not valid; the message lists every problem, one per field."""
+
+    def __init__(self, source, problems):
+        self.problems = list(problems)
+        listing = "; ".join(self.problems)
+        super().__init__(f"release manifest {source} is not valid: {listing}")
+
+
+def _relative_path(value):
+    parts = value.split("/")
+    return bool(value) and not value.startswith("/") and ".." not in parts and "\0" not in value
+
+
+class _Checker:
+    """Collects problems as ``field: what is wrong, and what to write instead``."""
+
+    def __init__(self):
+        self.problems = []
+
+    def add(self, field, message):
+        self.problems.append(f"{field}: {message}")
+
+    def keys(self, data, allowed, field):
+        for key in data:
+            if key not in allowed:
+                where = f"{field}.{key}" if field else str(key)
+                self.add(where, f"unknown field; the known ones are {', '.join(allowed)}")
+
+    def string(self, data, key, field, pattern=None, hint="", required=True):
+        value = data.get(key)
+        if value is None:
+            if required:
+                self.add(field, "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.add(field, f"must be a string, not {type(value).__name__}")
+            return None
+        value = str(value)
+        if pattern is not None and not pattern.match(value):
+            self.add(field, f"{value!r} is not valid{hint}")
+            return None
+        return value
+
+    def number(self, data, key, field, minimum=0, integer=True):
+        value = data.get(key)
+        if value is None:
+            return None
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+            self.add(field, f"must be a {'whole ' if integer else ''}number of at least {minimum}, not {value!r}")
+            return None
+        return value
+
+    def string_list(self, data, key, field):
+        value = data.get(key)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.add(field, "must be a list of non-empty strings")
+            return []
+        return value
+
+    def mapping_list(self, data, key, field, required=False):
+        value = data.get(key)
+        if value is None:
+            if required:
+                self.add(field, "is required: a list with at least one entry")
+            return []
+        if not isinstance(value, list) or (required and not value):
+            self.add(field, "must be a list" + (" with at least one entry" if required else ""))
+            return []
+        good = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                self.add(f"{field}[{index}]", f"must be a mapping, not {type(item).__name__}")
+            else:
+                good.append((index, item))
+        return good
+
+
+def validate_release(data, source="(given)"):
+    """Validate a parsed release manifest; return its canonical dict or raise ReleaseError listing every problem.
+
+    The canonical dict is itself a valid manifest (defaults filled in, artifact digests spelled out), so a node
+    validates what it reads with the same rules.
+    """
+    check = _Checker()
+    if not isinstance(data, dict):
+        raise ReleaseError(source, [f"the document must be a mapping of fields, not {type(data).__name__}"])
+    check.keys(data, _TOP_KEYS, "")
+    schema = data.get("schema_version")
+    if schema != SCHEMA_VERSION:
+        check.add("schema_version", f"must be {SCHEMA_VERSION} (this collection reads schema version {SCHEMA_VERSION}), not {schema!r}")
+    release = {"schema_version": SCHEMA_VERSION}
+    release["application"] = check.string(data, "application", "application", _NAME_RE,
+                                          " (lower-case letters, digits, '.', '_', '-'; at most 63)")
+    release["version"] = check.string(data, "version", "version", _VERSION_RE,
+                                      " (start with a digit; letters, digits, '.', '+', '~', '_', '-'; e.g. 1.4.0 or 1.4.0~rc1)")
+    release["protocol"] = check.string(data, "protocol", "protocol", re.compile(r"^[0-9A-Za-z._-]{1,32}$"),
+                                       " (a short protocol or ABI version such as 7 or 2024.1)")
+    release["role"] = check.string(data, "role", "role", _NAME_RE, " (e.g. server, client)", required=False) or "default"
+    if data.get("description") is not None:
+        release["description"] = check.string(data, "description", "description") or ""
+
+    artifacts, names = [], set()
+    for index, item in check.mapping_list(data, "artifacts", "artifacts", required=True):
+        field = f"artifacts[{index}]"
+        check.keys(item, _ARTIFACT_KEYS, field)
+        name = check.string(item, "name", f"{field}.name", _NAME_RE, " (lower-case letters, digits, '.', '_', '-')")
+        if name in names:
+            check.add(f"{field}.name", f"{name!r} is used by another artifact; names must be unique")
+        names.add(name)
+        reference = check.string(item, "reference", f"{field}.reference")
+        digest = None
+        if reference:
+            try:
+                parsed = parse_reference(reference)
+                digest = parsed.digest
+                if not digest:
+                    check.add(f"{field}.reference", f"{reference!r} names no digest; write REGISTRY/REPOSITORY@sha256:... "
+                              "so that every node installs the same bytes")
+            except OciError as exc:
+                check.add(f"{field}.reference", str(exc))
+        if item.get("digest") is not None and item.get("digest") != digest:
+            check.add(f"{field}.digest", f"{item.get('digest')!r} differs from the digest in the reference; give the digest once, in the reference")
+        install = item.get("install", "files")
+        if install not in INSTALL_KINDS:
+            check.add(f"{field}.install", f"{install!r} is not one of {', '.join(INSTALL_KINDS)}")
+        artifacts.append({"name": name, "reference": reference, "digest": digest, "install": install})
+    release["artifacts"] = artifacts
+
+    configs, dests = [], set()
+    for index, item in check.mapping_list(data, "configs", "configs"):
+        field = f"configs[{index}]"
+        check.keys(item, _CONFIG_KEYS, field)
+        entry = {}
+        for key in ("source", "dest"):
+            value = check.string(item, key, f"{field}.{key}")
+            if value is not None and not _relative_path(value):
+                check.add(f"{field}.{key}", f"{value!r} must be a relative path inside the release, without '..'")
+            entry[key] = value
+        if entry.get("source") and entry["source"].split("/")[0] not in names:
+            check.add(f"{field}.source", f"{entry['source']!r} must start with the name of an artifact ({', '.join(sorted(n for n in names if n))})")
+        if entry.get("dest") in dests:
+            check.add(f"{field}.dest", f"{entry['dest']!r} is written by another config")
+        dests.add(entry.get("dest"))
+        variables = item.get("vars") or {}
+        if not isinstance(variables, dict) or not all(isinstance(k, str) and _VAR_RE.match(k) for k in variables):
+            check.add(f"{field}.vars", "must be a mapping of variable names (letters, digits, '_') to values")
+            variables = {}
+        entry["vars"] = {k: str(v) for k, v in variables.items()}
+        mode = item.get("mode", "0644")
+        if not isinstance(mode, str) or not re.match(r"^0?[0-7]{3}$", mode):
+            check.add(f"{field}.mode", f"{mode!r} must be an octal mode written as a string, e.g. '0640'")
+            mode = "0644"
+        entry["mode"] = mode if len(mode) == 4 else "0" + mode
+        configs.append(entry)
+    release["configs"] = configs
+
+    release["services"] = check.string_list(data, "services", "services")
+    for index, unit in enumerate(release["services"]):
+        if not re.match(r"^[A-Za-z0-9:_.@\\-]+\.(service|socket|timer|mount|target)$", unit):
+            check.add(f"services[{index}]", f"{unit!r} is not a systemd unit name such as app@current.service")
+
+    requires = data.get("requires") or {}
+    if not isinstance(requires, dict):
+        check.add("requires", "must be a mapping")
+        requires = {}
+    check.keys(requires, _REQUIRES_KEYS, "requires")
+    release["requires"] = {
+        "arch": check.string_list(requires, "arch", "requires.arch"),
+        "os_family": [v.lower() for v in check.string_list(requires, "os_family", "requires.os_family")],
+        "disk_mb": check.number(requires, "disk_mb", "requires.disk_mb") or 0,
+        "memory_mb": check.number(requires, "memory_mb", "requires.memory_mb") or 0,
+        "commands": check.string_list(requires, "commands", "requires.commands"),
+        "kernel": check.string_list(requires, "kernel", "requires.kernel"),
+    }
+
+    health = []
+    for index, item in check.mapping_list(data, "health", "health"):
+        field = f"health[{index}]"
+        check.keys(item, _HEALTH_KEYS, field)
+        kinds = [k for k in _HEALTH_KINDS if k in item]
+        if len(kinds) != 1:
+            check.add(field, f"must have exactly one of {', '.join(_HEALTH_KINDS)}")
+            continue
+        kind = kinds[0]
+        target = check.string(item, kind, f"{field}.{kind}")
+        if kind == "tcp" and target and not re.match(r"^.+:[0-9]{1,5}$", target):
+            check.add(f"{field}.tcp", f"{target!r} must be HOST:PORT")
+        if kind == "http" and target and not re.match(r"^https?://", target):
+            check.add(f"{field}.http", f"{target!r} must be an http:// or https:// URL")
+        entry = {kind: target, "name": str(item.get("name") or f"{kind} {target}"),
+                 "timeout": check.number(item, "timeout", f"{field}.timeout", 0.1, integer=False) or 10,
+                 "retries": check.number(item, "retries", f"{field}.retries") or 0,
+                 "delay": check.number(item, "delay", f"{field}.delay", 0, integer=False) or 1}
+        if kind == "http":
+            entry["expect_status"] = check.number(item, "expect_status", f"{field}.expect_status", 100) or 200
+        health.append(entry)
+    release["health"] = health
+
+    if check.problems:
+        raise ReleaseError(source, check.problems)
+    return release
+
+
+def health_kind(check):
+    """``(kind, target)`` of a validated health check."""
+    for kind in _HEALTH_KINDS:
+        if kind in check:
+            return kind, check[kind]
+    raise ValueError("not a health check")
+
+
+def canonical_json(release):
+    """The bytes nodes read: sorted keys, no white space, so equal releases have equal digests."""
+    return json.dumps(release, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def release_dir_name(release, digest):
+    """``<version>-<first 12 hex of the release digest>``: readable, and unique per release id."""
+    return f"{release['version']}-{digest.split(':', 1)[1][:12]}"

@@ -1,0 +1,503 @@
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module is private to sciops.fleet; its API may change without notice.
+"""Releases on a node: fetch a release, install it, switch slots, check health, keep the record.
+
+Layout, per application, under the state root (default /var/lib/sciops-fleet)::
+
+    <app>/releases/<version>-<short digest>/   immutable, one per installed release
+    <app>/current -> releases/...              switched atomically and durably
+    <app>/oldstable -> releases/...            where kept
+    <app>/.lock                                held by every change
+
+and the record in ``<facts_dir>/sciops_fleet_<app>.fact`` (JSON, read by Ansible as
+``ansible_local.sciops_fleet_<app>``): the current and oldstable release, every installed release with
+its status (installed, good, failed), and a history of switches and health results.
+Standard library only: this runs on managed nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import string
+import subprocess
+import tarfile
+import time
+import urllib.error
+
+from ansible.module_utils.urls import open_url
+
+from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import open_store
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import BlobCache
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file, parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import Descriptor
+from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import load_manifest, pull_artifact
+from ansible_collections.sciops.fleet.plugins.module_utils._release import (
+    ARCHIVE_SUFFIXES,
+    RELEASE_FILE,
+    ReleaseError,
+    health_kind,
+    release_dir_name,
+    validate_release,
+)
+
+DEFAULT_STATE_ROOT = "/var/lib/sciops-fleet"
+DEFAULT_FACTS_DIR = "/etc/ansible/facts.d"
+DEFAULT_CACHE_DIR = "/var/cache/sciops-fleet"
+HISTORY_LIMIT = 100
+FILES_RECORD = ".sciops-files.json"
+SLOTS = ("current", "oldstable")
+
+
+def now():
+    """UTC time as ISO 8601, for the record."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def fact_name(app):
+    """The local fact's name for APP: ``sciops_fleet_<app>`` with '.' and '-' as '_'."""
+    return "sciops_fleet_" + re.sub(r"[^A-Za-z0-9_]", "_", app)
+
+
+# -- fetching a release ------------------------------------------------------------------------
+
+
+def fetch_release(reference_text, registry_options):
+    """``(release dict, digest, reference)`` of the release artifact REFERENCE_TEXT (a tag or a digest)."""
+    reference = parse_reference(reference_text)
+    if not reference.ref:
+        raise OciError(f"release {reference_text!r} names neither a tag nor a digest")
+    store = open_store(reference, **registry_options)
+    manifest, digest, _media_type = load_manifest(store, reference.repository, reference.ref, f"release {reference}")
+    layers = [Descriptor.from_dict(layer, f"release {reference}, layer") for layer in manifest.get("layers") or []]
+    found = [layer for layer in layers if layer.title == RELEASE_FILE]
+    if not found:
+        raise OciError(f"{reference} is not a release: it holds no {RELEASE_FILE}; publish releases with sciops.fleet.release_publish")
+    try:
+        data = json.loads(store.read_blob(reference.repository, found[0].digest))
+    except ValueError as exc:
+        raise OciError(f"{RELEASE_FILE} of {reference} is not JSON: {exc}") from None
+    return validate_release(data, str(reference)), digest, reference
+
+
+class AppState:
+    """One application's releases on this node, and its record. Changes are made under ``lock()``."""
+
+    def __init__(self, app, state_root=DEFAULT_STATE_ROOT, facts_dir=DEFAULT_FACTS_DIR):
+        self.app = app
+        self.app_dir = os.path.join(state_root, app)
+        self.releases_dir = os.path.join(self.app_dir, "releases")
+        self.facts_dir = facts_dir
+        self.fact_path = os.path.join(facts_dir, fact_name(app) + ".fact")
+
+    # -- record ---------------------------------------------------------------------------------
+
+    def load(self):
+        """The record (an empty one when there is none yet)."""
+        try:
+            with open(self.fact_path, encoding="utf-8") as handle:
+                record = json.load(handle)
+        except FileNotFoundError:
+            record = {}
+        except ValueError as exc:
+            raise OciError(f"the record {self.fact_path} is damaged ({exc}); move it away to start a new one") from None
+        record.setdefault("application", self.app)
+        record.setdefault("releases", {})
+        record.setdefault("history", [])
+        for slot in SLOTS:
+            record.setdefault(slot, None)
+        return record
+
+    def save(self, record):
+        record["history"] = record["history"][-HISTORY_LIMIT:]
+        os.makedirs(self.facts_dir, exist_ok=True)
+        atomic_write(self.fact_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode=0o644)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the application's lock: one change at a time (a timer run and a manual run do not interleave)."""
+        os.makedirs(self.releases_dir, exist_ok=True)
+        fd = os.open(os.path.join(self.app_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- slots ----------------------------------------------------------------------------------
+
+    def slot_target(self, slot):
+        """The release directory name SLOT points to, or None."""
+        try:
+            target = os.readlink(os.path.join(self.app_dir, slot))
+        except OSError:
+            return None
+        return os.path.basename(target.rstrip("/"))
+
+    def set_slot(self, slot, name):
+        """Point SLOT at releases/NAME atomically (a new link renamed over the old) and durably (dir fsync)."""
+        link = os.path.join(self.app_dir, slot)
+        tmp = os.path.join(self.app_dir, f".{slot}.tmp-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(os.path.join("releases", name), tmp)
+        os.replace(tmp, link)
+        fsync_dir(self.app_dir)
+
+    def clear_slot(self, slot):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.app_dir, slot))
+            fsync_dir(self.app_dir)
+
+    def release_path(self, name):
+        return os.path.join(self.releases_dir, name)
+
+    def is_installed(self, name):
+        return os.path.isfile(os.path.join(self.release_path(name), FILES_RECORD))
+
+    def name_for(self, record, digest):
+        """The release directory name recorded for DIGEST, or None."""
+        for name, entry in record["releases"].items():
+            if entry.get("digest") == digest:
+                return name
+        return None
+
+
+def release_summary(record, name):
+    """What the record says of release NAME, for slots and history: name, digest, version, protocol."""
+    entry = record["releases"].get(name) or {}
+    return {"name": name, "digest": entry.get("digest"), "version": entry.get("version"), "protocol": entry.get("protocol")}
+
+
+# -- install ------------------------------------------------------------------------------------
+
+
+def _extract(archive, dest):
+    """Extract a tar archive into DEST, refusing members that would land outside it or are not plain files/dirs/links."""
+    root = os.path.realpath(dest)
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for member in members:
+            target = os.path.realpath(os.path.join(root, member.name))
+            if target != root and not target.startswith(root + os.sep):
+                raise OciError(f"{os.path.basename(archive)}: member {member.name!r} would be written outside the release")
+            if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+                raise OciError(f"{os.path.basename(archive)}: member {member.name!r} is a device or fifo; refusing it")
+            if member.issym() or member.islnk():
+                link_base = os.path.dirname(target) if member.issym() else root
+                link_target = os.path.realpath(os.path.join(link_base, member.linkname))
+                if link_target != root and not link_target.startswith(root + os.sep):
+                    raise OciError(f"{os.path.basename(archive)}: link {member.name!r} points outside the release")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(root, members=members, filter="data")
+        else:  # Python < 3.11.4: members were checked above
+            tar.extractall(root, members=members)  # nosec B202
+
+
+def _render(text, variables, where):
+    try:
+        return string.Template(text).substitute(variables)
+    except KeyError as exc:
+        raise OciError(f"{where}: the template uses ${{{exc.args[0]}}}, which no variable defines; "
+                       f"add it to the config's vars or to the rollout's config variables") from None
+    except ValueError as exc:
+        raise OciError(f"{where}: {exc}; write a literal $ as $$") from None
+
+
+def _record_files(root):
+    """Digest, size and mode of every file below ROOT (for drift checks), each file flushed to disk."""
+    files = {}
+    for base, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(base, name)
+            relative = os.path.relpath(path, root)
+            if os.path.islink(path):
+                files[relative] = {"link": os.readlink(path)}
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            digest, size = digest_file(path)
+            files[relative] = {"digest": digest, "size": size, "mode": "%04o" % (os.stat(path).st_mode & 0o7777)}
+        for name in dirs:
+            fsync_dir(os.path.join(base, name))
+    return files
+
+
+def install_release(state, release, digest, registry_options, cache_dir=None, config_vars=None, check_mode=False):
+    """Install RELEASE (validated dict) with id DIGEST into releases/<version>-<short digest>/; never touch slots.
+
+    Returns a dict: name, path, changed, artifacts (per artifact: files and transfer), transfer totals.
+    """
+    name = release_dir_name(release, digest)
+    final = state.release_path(name)
+    outcome = {"name": name, "path": final, "changed": False, "artifacts": [], "transfer": {"bytes_downloaded": 0, "blobs_downloaded": 0}}
+    if state.is_installed(name):
+        return outcome
+    outcome["changed"] = True
+    if check_mode:
+        return outcome
+    with state.lock():
+        if state.is_installed(name):
+            outcome["changed"] = False
+            return outcome
+        staging = os.path.join(state.releases_dir, f".{name}.staging")
+        # A staging tree under the lock is what an interrupted install left: start it over.
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        cache = BlobCache(cache_dir) if cache_dir else None
+        for artifact in release["artifacts"]:
+            reference = parse_reference(artifact["reference"])
+            store = open_store(reference, **registry_options)
+            dest = os.path.join(staging, artifact["name"])
+            pulled = pull_artifact(store, reference.repository, artifact["digest"], dest, str(reference), cache=cache,
+                                   expected_digest=artifact["digest"])
+            if artifact["install"] == "extract":
+                for item in pulled["files"]:
+                    if item["name"].endswith(ARCHIVE_SUFFIXES):
+                        _extract(item["path"], dest)
+                        os.unlink(item["path"])
+            for key in ("bytes_downloaded", "blobs_downloaded"):
+                outcome["transfer"][key] += store.stats.get(key, 0)
+            outcome["artifacts"].append({"name": artifact["name"], "digest": artifact["digest"],
+                                         "files": [f["name"] for f in pulled["files"]]})
+        variables = {"application": release["application"], "version": release["version"],
+                     "release_dir": final, "current_dir": os.path.join(state.app_dir, "current")}
+        for config in release["configs"]:
+            source = os.path.join(staging, config["source"])
+            where = f"config {config['dest']} of {release['application']} {release['version']}"
+            try:
+                with open(source, encoding="utf-8") as handle:
+                    text = handle.read()
+            except OSError as exc:
+                raise OciError(f"{where}: cannot read its template {config['source']}: {exc.strerror}") from None
+            merged = {**variables, **config["vars"], **(config_vars or {})}
+            dest = os.path.join(staging, config["dest"])
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            atomic_write(dest, _render(text, merged, where).encode("utf-8"), mode=int(config["mode"], 8))
+        atomic_write(os.path.join(staging, RELEASE_FILE), (json.dumps(release, indent=2, sort_keys=True) + "\n").encode())
+        files = _record_files(staging)
+        atomic_write(os.path.join(staging, FILES_RECORD), json.dumps({"digest": digest, "files": files}, sort_keys=True).encode())
+        if os.path.exists(final):  # a directory without the files record is an unfinished copy
+            shutil.rmtree(final)
+        os.rename(staging, final)
+        fsync_dir(state.releases_dir)
+        record = state.load()
+        record["releases"][name] = {"digest": digest, "version": release["version"], "protocol": release["protocol"],
+                                    "role": release["role"], "installed_at": now(), "status": "installed"}
+        state.save(record)
+    return outcome
+
+
+# -- switch and prune ---------------------------------------------------------------------------
+
+
+def switch_release(state, digest, slot="current", keep=3, protect=(), reason="rollout", check_mode=False):
+    """Point SLOT at the installed release DIGEST, record it, and prune old releases.
+
+    Keeps the KEEP most recently used releases that did not fail, and never removes what a slot points
+    to or what PROTECT names (digests). Returns a dict: changed, from, to, pruned.
+    """
+    if slot not in SLOTS:
+        raise OciError(f"slot must be one of {', '.join(SLOTS)}, not {slot!r}")
+    record = state.load()
+    name = state.name_for(record, digest)
+    if name is None or not state.is_installed(name):
+        raise OciError(f"release {digest} of {state.app} is not installed on this node; install it first (sciops.fleet.release_install)")
+    before = state.slot_target(slot)
+    outcome = {"changed": before != name, "from": release_summary(record, before) if before else None,
+               "to": release_summary(record, name), "pruned": []}
+    if check_mode:
+        outcome["pruned"] = _prune_plan(state, record, keep, protect, {slot: name})
+        outcome["changed"] = outcome["changed"] or bool(outcome["pruned"])
+        return outcome
+    with state.lock():
+        record = state.load()
+        if before != name:
+            state.set_slot(slot, name)
+            record[slot] = release_summary(record, name)
+            record["releases"][name]["last_active"] = now()
+            record["history"].append({"time": now(), "event": "switch", "slot": slot, "reason": reason,
+                                      "from": outcome["from"], "to": outcome["to"], "result": "switched"})
+        for victim in _prune_plan(state, record, keep, protect, {slot: name}):
+            shutil.rmtree(state.release_path(victim), ignore_errors=True)
+            record["releases"].pop(victim, None)
+            outcome["pruned"].append(victim)
+        if outcome["pruned"]:
+            fsync_dir(state.releases_dir)
+            outcome["changed"] = True
+        if outcome["changed"]:
+            state.save(record)
+    return outcome
+
+
+def _prune_plan(state, record, keep, protect, pending):
+    """Release names to remove: beyond the KEEP newest releases that did not fail, and every failed one,
+    never one a slot (or PENDING slot change) points to, nor one whose digest is in PROTECT."""
+    held = {state.slot_target(slot) for slot in SLOTS} | set(pending.values())
+    held |= {name for name, entry in record["releases"].items() if entry.get("digest") in set(protect or ())}
+    candidates = [(name, entry) for name, entry in record["releases"].items() if name not in held]
+    failed = [name for name, entry in candidates if entry.get("status") == "failed"]
+    usable = sorted((c for c in candidates if c[1].get("status") != "failed"),
+                    key=lambda c: c[1].get("last_active") or c[1].get("installed_at") or "", reverse=True)
+    room = max(keep - len([h for h in held if h in record["releases"] and record["releases"][h].get("status") != "failed"]), 0)
+    return sorted(failed + [name for name, _entry in usable[room:]])
+
+
+# -- health ---------------------------------------------------------------------------------------
+
+
+def _check_once(check, variables):
+    kind, target = health_kind(check)
+    target = string.Template(target).safe_substitute(variables)
+    timeout = check["timeout"]
+    if kind == "tcp":
+        host, _sep, port = target.rpartition(":")
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return f"connected to {target}"
+    if kind == "http":
+        try:
+            with open_url(target, timeout=timeout, follow_redirects="safe") as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except urllib.error.URLError as exc:
+            raise OSError(f"{target}: {exc.reason}") from None
+        if status != check.get("expect_status", 200):
+            raise OSError(f"{target} answered HTTP {status}, not {check.get('expect_status', 200)}")
+        return f"{target} answered HTTP {status}"
+    result = subprocess.run(target, shell=True, capture_output=True, text=True, timeout=timeout, check=False,  # nosec: the release's own check
+                            cwd=variables.get("current_dir") if os.path.isdir(variables.get("current_dir", "")) else None)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
+        raise OSError(f"'{target}' exited {result.returncode}: {' | '.join(tail)}")
+    return f"'{target}' exited 0"
+
+
+def run_health_checks(release, variables, sleep=time.sleep):
+    """Run every health check of RELEASE with its retries; a list of {name, ok, detail, attempts}."""
+    results = []
+    for check in release["health"]:
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                detail = _check_once(check, variables)
+                results.append({"name": check["name"], "ok": True, "detail": detail, "attempts": attempts})
+                break
+            except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+                if attempts > check["retries"]:
+                    results.append({"name": check["name"], "ok": False, "detail": str(exc) or type(exc).__name__, "attempts": attempts})
+                    break
+                sleep(check["delay"])
+    return results
+
+
+def record_health(state, digest, healthy, results):
+    """Mark release DIGEST good or failed in the record; a failed release never counts as good again until re-checked."""
+    with state.lock():
+        record = state.load()
+        name = state.name_for(record, digest)
+        if name is None:
+            raise OciError(f"release {digest} of {state.app} is not installed on this node")
+        status = "good" if healthy else "failed"
+        changed = record["releases"][name].get("status") != status
+        record["releases"][name]["status"] = status
+        record["releases"][name]["checked_at"] = now()
+        for slot in SLOTS:
+            if record.get(slot) and record[slot].get("name") == name:
+                record[slot]["status"] = status
+        record["history"].append({"time": now(), "event": "health", "release": release_summary(record, name),
+                                  "result": status, "failed_checks": [r["name"] for r in results if not r["ok"]]})
+        state.save(record)
+    return changed
+
+
+# -- preflight ----------------------------------------------------------------------------------
+
+
+def _os_families():
+    names = set()
+    with contextlib.suppress(OSError):
+        with open("/etc/os-release", encoding="utf-8") as handle:
+            for line in handle:
+                key, _sep, value = line.strip().partition("=")
+                if key in ("ID", "ID_LIKE"):
+                    names.update(value.strip('"').lower().split())
+    if names & {"rhel", "fedora", "centos", "rocky", "almalinux"}:
+        names.add("redhat")
+    return names
+
+
+def _memory_mb():
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    return None
+
+
+def _kernel_features():
+    features = set()
+    with contextlib.suppress(OSError):
+        with open("/proc/filesystems", encoding="utf-8") as handle:
+            features.update(line.split()[-1] for line in handle if line.strip())
+    return features
+
+
+def preflight(release, state_root, artifact_sizes):
+    """Can this node run RELEASE? ``(ok, reasons, facts)``: every reason it cannot, not just the first."""
+    needs = release["requires"]
+    reasons = []
+    machine = platform.machine()
+    if needs["arch"] and machine not in needs["arch"]:
+        reasons.append(f"architecture {machine} is not one of {', '.join(needs['arch'])}")
+    families = _os_families()
+    if needs["os_family"] and not families & set(needs["os_family"]):
+        reasons.append(f"operating system ({', '.join(sorted(families)) or 'unknown'}) is not of the family {', '.join(needs['os_family'])}")
+    probe = state_root
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "/"
+    free_mb = shutil.disk_usage(probe).free // (1024 * 1024)
+    need_mb = needs["disk_mb"] + sum(artifact_sizes) // (1024 * 1024)
+    if free_mb < need_mb:
+        reasons.append(f"{free_mb} MiB free under {probe}, the release needs {need_mb} MiB (disk_mb plus its artifacts)")
+    memory = _memory_mb()
+    if needs["memory_mb"] and memory is not None and memory < needs["memory_mb"]:
+        reasons.append(f"{memory} MiB of memory, the release needs {needs['memory_mb']} MiB")
+    missing = [c for c in needs["commands"] if shutil.which(c) is None]
+    if missing:
+        reasons.append(f"command(s) not found: {', '.join(missing)}")
+    features = _kernel_features()
+    absent = [k for k in needs["kernel"] if not (os.path.exists(k) if k.startswith("/") else k in features)]
+    if absent:
+        reasons.append(f"kernel feature(s) missing: {', '.join(absent)}")
+    facts = {"arch": machine, "os_family": sorted(families), "free_mb": free_mb, "need_mb": need_mb, "memory_mb": memory}
+    return not reasons, reasons, facts
+
+
+def artifact_sizes(release, registry_options):
+    """Total bytes of each artifact's files, read from the registries; an unreachable artifact is a reason, not a crash."""
+    sizes, reasons = [], []
+    for artifact in release["artifacts"]:
+        try:
+            reference = parse_reference(artifact["reference"])
+            store = open_store(reference, **registry_options)
+            manifest, _digest, _type = load_manifest(store, reference.repository, artifact["digest"], f"artifact {reference}")
+            sizes.append(sum(int(layer.get("size", 0)) for layer in manifest.get("layers") or []))
+        except (OciError, ReleaseError) as exc:
+            reasons.append(f"artifact {artifact['name']} cannot be read: {exc}")
+    return sizes, reasons

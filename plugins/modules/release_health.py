@@ -1,0 +1,144 @@
+#!/usr/bin/python
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: release_health
+short_description: Run a release's health checks on a node and record the verdict
+version_added: 0.1.0
+description:
+  - Runs the health checks of the release a slot points to (or of a given release); a command, a TCP connection or an
+    HTTP request, each with its timeout and retries, as declared in the release manifest. C(${address}) in a check is
+    replaced with O(address), C(${current_dir}) with the application's C(current) link.
+  - Records the verdict in the node's record; the release is C(good) or C(failed). A failed release does not count as
+    a good release for pruning, and the rollout reverts a node whose new release failed.
+  - Answers in RV(healthy); the module fails only when it cannot run the checks, so that the caller decides what an
+    unhealthy node means (the rollout reverts it).
+  - Runs on managed nodes with the Python standard library only.
+extends_documentation_fragment:
+  - sciops.fleet.release_node
+  - sciops.fleet.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Runs the checks (they only read) but records nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: The record changes only when the verdict does.
+options:
+  application:
+    description: The application.
+    type: str
+    required: true
+  slot:
+    description: Check the release this slot points to. Ignored when O(release) is given.
+    type: str
+    choices: [current, oldstable]
+    default: current
+  release:
+    description: Check this installed release instead, by id.
+    type: str
+  address:
+    description: The node's service address, for C(${address}) in the checks.
+    type: str
+    default: 127.0.0.1
+  record:
+    description: Record the verdict in the node's record.
+    type: bool
+    default: true
+seealso:
+  - module: sciops.fleet.release_switch
+author:
+  - sciops.fleet maintainers (@sciops)
+"""
+
+EXAMPLES = r"""
+---
+- name: Check the new release where it serves
+  sciops.fleet.release_health:
+    application: qserv
+    address: "{{ ansible_host }}"
+  register: health
+
+- name: Say what failed
+  ansible.builtin.debug:
+    msg: "{{ health.checks | rejectattr('ok') | map(attribute='detail') | list }}"
+  when: not health.healthy
+"""
+
+RETURN = r"""
+healthy:
+  description: Whether every check passed.
+  returned: success
+  type: bool
+  sample: true
+release_id:
+  description: The release that was checked.
+  returned: success
+  type: str
+  sample: sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
+checks:
+  description: Each check with its name, outcome, detail and attempts.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{name: "tcp 127.0.1.3:7000", ok: true, detail: "connected to 127.0.1.3:7000", attempts: 1}]
+"""
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import fail_from
+from ansible_collections.sciops.fleet.plugins.module_utils._release import RELEASE_FILE
+from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec, release_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._release_node import AppState, record_health, run_health_checks
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=node_argument_spec(
+            application={"type": "str", "required": True},
+            slot={"type": "str", "choices": ["current", "oldstable"], "default": "current"},
+            release={"type": "str"},
+            address={"type": "str", "default": "127.0.0.1"},
+            record={"type": "bool", "default": True},
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        state = AppState(params["application"], params["state_root"], params["facts_dir"])
+        record = state.load()
+        if params["release"]:
+            digest = release_digest(params["release"])
+            name = state.name_for(record, digest)
+        else:
+            name = state.slot_target(params["slot"])
+            digest = (record["releases"].get(name) or {}).get("digest")
+        if not name or not state.is_installed(name):
+            raise OciError(f"{params['application']} has no installed release in {params['release'] or params['slot']} on this node")
+        with open(os.path.join(state.release_path(name), RELEASE_FILE), encoding="utf-8") as handle:
+            release = json.load(handle)
+        variables = {"address": params["address"], "current_dir": os.path.join(state.app_dir, "current"),
+                     "release_dir": state.release_path(name)}
+        results = run_health_checks(release, variables)
+        healthy = all(r["ok"] for r in results)
+        changed = False
+        if params["record"] and not module.check_mode:
+            changed = record_health(state, digest, healthy, results)
+    except OciError as exc:
+        fail_from(module, exc)
+    except (OSError, ValueError) as exc:
+        module.fail_json(msg=f"checking {params['application']} failed: {exc}", error_type=type(exc).__name__)
+    module.exit_json(changed=changed, healthy=healthy, release_id=digest, checks=results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+#!/usr/bin/python
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: release_install
+short_description: Install a release on a node beside the running one, without switching to it
+version_added: 0.1.0
+description:
+  - Fetches a release (published with M(sciops.fleet.release_publish)) and every artifact it names, by digest, through the
+    verified and cached download of M(sciops.fleet.oras_pull), and installs them into
+    C(<state_root>/<application>/releases/<version>-<short digest>/).
+  - C(files) artifacts are placed as they are, C(extract) artifacts have their tar archives unpacked (members that would
+    land outside the release, devices and links pointing out are refused), C(squashfs) images are placed for mounting.
+  - Configuration files are rendered from the release's templates with C($name) / C(${name}) variables (Python's
+    C(string.Template)); a variable no one defines is an error naming the config and the variable.
+  - The release is built in a staging directory and renamed into place once complete, so a half-installed release
+    never looks installed; an interrupted install is started over by the next run. The slots (C(current),
+    C(oldstable)) are never touched; M(sciops.fleet.release_switch) does that.
+  - Runs on managed nodes with the Python standard library only.
+extends_documentation_fragment:
+  - sciops.fleet.registry
+  - sciops.fleet.release_node
+  - sciops.fleet.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports whether the release would be installed; fetches only the release manifest.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  release:
+    description: The release, by digest (C(registry/repository@sha256:...)) or by tag.
+    type: str
+    required: true
+  cache_dir:
+    description: The node's content-addressed download cache; a digest already in it is not downloaded again.
+    type: path
+    default: /var/cache/sciops-fleet
+  config_vars:
+    description: Variables for the configuration templates; they override the release's own C(vars).
+    type: dict
+    default: {}
+seealso:
+  - module: sciops.fleet.release_switch
+  - module: sciops.fleet.release_preflight
+author:
+  - sciops.fleet maintainers (@sciops)
+"""
+
+EXAMPLES = r"""
+---
+- name: Install the release that passed the tests, beside the running one
+  sciops.fleet.release_install:
+    release: registry.example.org/releases/qserv@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
+    config_vars:
+      port: 7000
+      peers: qserv-a01,qserv-a02
+"""
+
+RETURN = r"""
+release_id:
+  description: The release's digest.
+  returned: success
+  type: str
+  sample: sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
+application:
+  description: The application the release belongs to.
+  returned: success
+  type: str
+  sample: qserv
+version:
+  description: The release's version.
+  returned: success
+  type: str
+  sample: 1.4.0
+name:
+  description: The release's directory name, C(<version>-<short digest>).
+  returned: success
+  type: str
+  sample: 1.4.0-6c3c624b58db
+path:
+  description: Where the release is installed.
+  returned: success
+  type: str
+  sample: /var/lib/sciops-fleet/qserv/releases/1.4.0-6c3c624b58db
+artifacts:
+  description: Per artifact installed by this run, its name, digest and files.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{name: bin, digest: "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", files: [qserv.tar.gz]}]
+transfer:
+  description: Bytes and blobs downloaded by this run (0 when the cache or the installed release already had them).
+  returned: success
+  type: dict
+  sample: {bytes_downloaded: 0, blobs_downloaded: 0}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import fail_from, registry_options
+from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._release_node import (
+    DEFAULT_CACHE_DIR,
+    AppState,
+    fetch_release,
+    install_release,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=node_argument_spec(
+            registry=True,
+            release={"type": "str", "required": True},
+            cache_dir={"type": "path", "default": DEFAULT_CACHE_DIR},
+            config_vars={"type": "dict", "default": {}},
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        release, digest, _reference = fetch_release(params["release"], registry_options(params))
+        state = AppState(release["application"], params["state_root"], params["facts_dir"])
+        outcome = install_release(state, release, digest, registry_options(params), cache_dir=params["cache_dir"],
+                                  config_vars={k: str(v) for k, v in params["config_vars"].items()},
+                                  check_mode=module.check_mode)
+    except OciError as exc:
+        fail_from(module, exc)
+    except OSError as exc:
+        module.fail_json(msg=f"installing {params['release']} failed: {exc}", error_type="OSError")
+    module.exit_json(changed=outcome["changed"], release_id=digest, application=release["application"],
+                     version=release["version"], name=outcome["name"], path=outcome["path"],
+                     artifacts=outcome["artifacts"], transfer=outcome["transfer"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+#!/usr/bin/python
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: release_preflight
+short_description: Answer whether this node can run a release, with every reason when it cannot
+version_added: 0.1.0
+description:
+  - Checks a node against what a release requires (C(requires) in the release manifest) without changing anything;
+    architecture, operating system family, free disk under the state root (the release's C(disk_mb) plus the size of
+    its artifacts), memory, commands on the C(PATH), and kernel features (file systems such as C(squashfs) or
+    C(fuse), or paths such as C(/dev/fuse)). It also checks that every artifact can be read from where it is stored.
+  - Answers in RV(ok) with every reason in RV(reasons), not just the first; the module itself succeeds either way, so that
+    a rollout can ask every node of a batch before it touches any of them and say which nodes cannot take the release.
+  - Runs on managed nodes with the Python standard library only.
+extends_documentation_fragment:
+  - sciops.fleet.registry
+  - sciops.fleet.release_node
+  - sciops.fleet.attributes.READ_ONLY
+options:
+  release:
+    description: The release, by digest or by tag.
+    type: str
+    required: true
+seealso:
+  - module: sciops.fleet.release_install
+author:
+  - sciops.fleet maintainers (@sciops)
+"""
+
+EXAMPLES = r"""
+---
+- name: Ask every node of the batch first
+  sciops.fleet.release_preflight:
+    release: registry.example.org/releases/qserv@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
+  register: preflight
+
+- name: Stop before any node is touched when one cannot run it
+  ansible.builtin.assert:
+    that: preflight.ok
+    fail_msg: "{{ inventory_hostname }} cannot run the release: {{ preflight.reasons | join('; ') }}"
+"""
+
+RETURN = r"""
+ok:
+  description: Whether the node can run the release.
+  returned: always
+  type: bool
+  sample: false
+reasons:
+  description: Every reason it cannot, empty when it can.
+  returned: always
+  type: list
+  elements: str
+  sample: ["architecture aarch64 is not one of x86_64", "command(s) not found: squashfuse"]
+release_id:
+  description: The release's digest, when it could be read.
+  returned: when the release could be read
+  type: str
+  sample: sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
+node:
+  description: What was found on the node (arch, os_family, free_mb, need_mb, memory_mb).
+  returned: when the release could be read
+  type: dict
+  sample: {arch: x86_64, os_family: [debian], free_mb: 51200, need_mb: 780, memory_mb: 16000}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import registry_options
+from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._release_node import artifact_sizes, fetch_release, preflight
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=node_argument_spec(registry=True, release={"type": "str", "required": True}),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        release, digest, _reference = fetch_release(params["release"], registry_options(params))
+    except OciError as exc:
+        module.exit_json(changed=False, ok=False, reasons=[f"the release cannot be read: {exc}"])
+    sizes, unreadable = artifact_sizes(release, registry_options(params))
+    ok, reasons, facts = preflight(release, params["state_root"], sizes)
+    reasons += unreadable
+    module.exit_json(changed=False, ok=ok and not unreadable, reasons=reasons, release_id=digest, node=facts)
+
+
+if __name__ == "__main__":
+    main()

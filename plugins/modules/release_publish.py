@@ -1,0 +1,220 @@
+#!/usr/bin/python
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: release_publish
+short_description: Validate a release manifest and publish it as an OCI artifact; its digest is the release id
+version_added: 0.1.0
+description:
+  - Reads a release manifest (schema version 1, see C(docs/releases.md)), validates every field and reports every problem
+    at once, each naming the field and what to write instead.
+  - Publishes the release as an OCI artifact holding its canonical JSON (C(release.json), what nodes read with the
+    Python standard library) and tags it with its version and the given channels (C(candidate), C(stable), ...).
+  - The digest of that artifact is the release id, the same on every node, in every record and report.
+  - Publishing the same release again changes nothing; moving a channel to it is a re-tag.
+extends_documentation_fragment:
+  - sciops.fleet.registry
+  - sciops.fleet.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Validates and computes the release id; pushes nothing.
+  diff_mode:
+    support: full
+    details: Shows, per tag, the release id before and after.
+  idempotent:
+    support: full
+options:
+  manifest:
+    description:
+      - Path of the release manifest, YAML or JSON, on the host the module runs on. A YAML file needs PyYAML there,
+        as every Ansible controller has. Mutually exclusive with O(release).
+    type: path
+  release:
+    description: The release manifest as data. Mutually exclusive with O(manifest).
+    type: dict
+  repository:
+    description:
+      - Where releases of this application are kept, without tag, for example C(registry.example.org/releases/qserv), or an
+        OCI layout C(oci-layout:/srv/oci/releases).
+    type: str
+    required: true
+  channels:
+    description: Channel tags to point at this release as well as its version tag.
+    type: list
+    elements: str
+    default: []
+  verify_artifacts:
+    description:
+      - Check that every artifact the release names exists, by digest, before publishing it, so that no node is ever
+        sent a release it cannot install.
+    type: bool
+    default: true
+seealso:
+  - module: sciops.fleet.release_install
+  - module: sciops.fleet.oras_copy
+author:
+  - sciops.fleet maintainers (@sciops)
+"""
+
+EXAMPLES = r"""
+---
+- name: Publish release 1.4.0 of qserv as candidate
+  sciops.fleet.release_publish:
+    manifest: releases/qserv-1.4.0.yaml
+    repository: registry.example.org/releases/qserv
+    channels: [candidate]
+  register: published
+
+- name: The release id every node will report
+  ansible.builtin.debug:
+    msg: "{{ published.release_id }}"
+
+- name: Publish a release written in the play into a local OCI layout
+  sciops.fleet.release_publish:
+    repository: oci-layout:/srv/oci/releases
+    release:
+      schema_version: 1
+      application: hello
+      version: 1.0.0
+      protocol: "1"
+      artifacts:
+        - name: bin
+          reference: oci-layout:/srv/oci/build@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
+"""
+
+RETURN = r"""
+release_id:
+  description: Digest of the release artifact, the release's identity everywhere.
+  returned: success
+  type: str
+  sample: sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
+reference:
+  description: The release pinned by digest, to give to a rollout.
+  returned: success
+  type: str
+  sample: registry.example.org/releases/qserv@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
+tags:
+  description: The version tag and the channels now pointing at the release.
+  returned: success
+  type: list
+  elements: str
+  sample: [1.4.0, candidate]
+release:
+  description: The validated release in canonical form (defaults filled in).
+  returned: success
+  type: dict
+  sample: {application: qserv, version: 1.4.0, protocol: "7", role: server}
+"""
+
+import json
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import NotFoundError, OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import describe_file, push_artifact
+from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import (
+    fail_from,
+    open_reference,
+    registry_argument_spec,
+    registry_options,
+)
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import open_store
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._release import (
+    RELEASE_ARTIFACT_TYPE,
+    RELEASE_FILE,
+    ReleaseError,
+    canonical_json,
+    validate_release,
+)
+
+
+def read_manifest(path):
+    """The parsed manifest file at PATH (JSON, or YAML when PyYAML is there)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise OciError(f"manifest: cannot read {path}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        import yaml  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise OciError(f"manifest: {path} is not JSON, and reading YAML needs PyYAML on this host; "
+                       "run the task on the controller, or pass release: \"{{ lookup('file', path) | from_yaml }}\"") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ReleaseError(path, [f"not valid YAML: {exc}"]) from None
+
+
+def check_artifacts(release, params):
+    """Every artifact must exist by digest before the release may point at it."""
+    missing = []
+    for artifact in release["artifacts"]:
+        reference = parse_reference(artifact["reference"])
+        store = open_store(reference, **registry_options(params))
+        try:
+            store.resolve(reference.repository, artifact["digest"])
+        except NotFoundError:
+            missing.append(f"artifacts: {artifact['name']}: {artifact['reference']} does not exist; push it first")
+    if missing:
+        raise ReleaseError(params["manifest"] or "(given)", missing)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=registry_argument_spec(
+            manifest={"type": "path"},
+            release={"type": "dict"},
+            repository={"type": "str", "required": True},
+            channels={"type": "list", "elements": "str", "default": []},
+            verify_artifacts={"type": "bool", "default": True},
+        ),
+        mutually_exclusive=[("manifest", "release")],
+        required_one_of=[("manifest", "release")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        data = read_manifest(params["manifest"]) if params["manifest"] else params["release"]
+        release = validate_release(data, params["manifest"] or "(given as data)")
+        reference, store = open_reference(params, params["repository"], "repository", create_layout=not module.check_mode)
+        if reference.tag or reference.digest:
+            raise OciError(f"repository {params['repository']!r} must name no tag or digest: the release's version and channels are its tags")
+        if params["verify_artifacts"]:
+            check_artifacts(release, params)
+        tags = [release["version"].replace("~", "-")] + [c for c in params["channels"] if c != release["version"]]
+        for tag in tags:
+            reference.with_tag(tag)
+        with tempfile.TemporaryDirectory(prefix="sciops-release-") as work:
+            path = os.path.join(work, RELEASE_FILE)
+            with open(path, "wb") as handle:
+                handle.write(canonical_json(release))
+            files = [describe_file(path, RELEASE_FILE, "application/json", record_mode=False)]
+            outcome = push_artifact(store, reference.repository, tags, files, artifact_type=RELEASE_ARTIFACT_TYPE,
+                                    annotations={"org.opencontainers.image.version": release["version"],
+                                                 "io.sciops.fleet.application": release["application"],
+                                                 "io.sciops.fleet.protocol": release["protocol"]},
+                                    check_mode=module.check_mode)
+    except OciError as exc:
+        fail_from(module, exc)
+    result = {"changed": outcome["changed"], "release_id": outcome["digest"],
+              "reference": f"{reference.name}@{outcome['digest']}", "tags": tags, "release": release}
+    if module._diff:  # pylint: disable=protected-access
+        result["diff"] = {"before": {t: outcome["before"][t] or "(absent)" for t in tags},
+                          "after": {t: outcome["digest"] for t in tags}}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

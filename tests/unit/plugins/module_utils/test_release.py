@@ -1,0 +1,243 @@
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Release manifests: every wrong field gets its own clear message; node-side install, switch and prune rules."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._release import (
+    ReleaseError,
+    canonical_json,
+    release_dir_name,
+    validate_release,
+)
+from ansible_collections.sciops.fleet.plugins.module_utils._release_node import (
+    FILES_RECORD,
+    AppState,
+    _extract,
+    _prune_plan,
+    _render,
+    fact_name,
+    preflight,
+    run_health_checks,
+    switch_release,
+)
+
+DIGEST = "sha256:" + "ab" * 32
+GOOD = {
+    "schema_version": 1,
+    "application": "hello",
+    "version": "1.0.0~rc1",
+    "protocol": 3,
+    "role": "server",
+    "artifacts": [{"name": "bin", "reference": f"127.0.0.1:5000/build/hello@{DIGEST}", "install": "extract"}],
+    "configs": [{"source": "bin/hello.conf.in", "dest": "etc/hello.conf", "vars": {"port": 7000}, "mode": "0640"}],
+    "services": ["hello@current.service"],
+    "requires": {"arch": ["x86_64"], "os_family": ["Debian"], "disk_mb": 10, "memory_mb": 64, "commands": ["tar"],
+                 "kernel": ["squashfs"]},
+    "health": [{"tcp": "${address}:7000", "timeout": 2, "retries": 3, "delay": 0.5},
+               {"http": "http://127.0.0.1:7000/", "expect_status": 204},
+               {"command": "true"}],
+}
+
+
+def test_a_good_manifest_is_canonical_and_stable():
+    release = validate_release(copy.deepcopy(GOOD))
+    assert release["protocol"] == "3" and release["requires"]["os_family"] == ["debian"]
+    assert release["artifacts"][0]["digest"] == DIGEST
+    assert release["configs"][0]["vars"] == {"port": "7000"}
+    assert canonical_json(release) == canonical_json(validate_release(copy.deepcopy(GOOD)))
+    assert release_dir_name(release, DIGEST) == "1.0.0~rc1-abababababab"
+    # What nodes read is itself a valid manifest, and validates to itself.
+    assert validate_release(json.loads(canonical_json(release))) == release
+
+
+# Each case breaks one field; the message must name that field.
+BAD = [
+    ("schema_version", lambda m: m.update(schema_version=2), "schema_version: must be 1"),
+    ("unknown top-level field", lambda m: m.update(colour="blue"), "colour: unknown field"),
+    ("application missing", lambda m: m.pop("application"), "application: is required"),
+    ("application with capitals", lambda m: m.update(application="Hello"), "application: 'Hello' is not valid"),
+    ("version not starting with a digit", lambda m: m.update(version="v1"), "version: 'v1' is not valid"),
+    ("protocol as a list", lambda m: m.update(protocol=[1]), "protocol: must be a string"),
+    ("role with a space", lambda m: m.update(role="big server"), "role: 'big server' is not valid"),
+    ("no artifacts", lambda m: m.update(artifacts=[]), "artifacts: must be a list with at least one entry"),
+    ("artifact by tag", lambda m: m["artifacts"][0].update(reference="127.0.0.1:5000/build/hello:1.0"),
+     "artifacts[0].reference: '127.0.0.1:5000/build/hello:1.0' names no digest"),
+    ("artifact reference without registry", lambda m: m["artifacts"][0].update(reference=f"hello@{DIGEST}"),
+     "artifacts[0].reference:"),
+    ("artifact install kind", lambda m: m["artifacts"][0].update(install="copy"), "artifacts[0].install: 'copy' is not one of"),
+    ("artifact unknown field", lambda m: m["artifacts"][0].update(sha="x"), "artifacts[0].sha: unknown field"),
+    ("duplicate artifact", lambda m: m["artifacts"].append(dict(m["artifacts"][0])), "artifacts[1].name: 'bin' is used by another"),
+    ("config escaping the release", lambda m: m["configs"][0].update(dest="../etc/passwd"), "configs[0].dest: '../etc/passwd' must be a relative path"),
+    ("config from no artifact", lambda m: m["configs"][0].update(source="lib/x.in"), "configs[0].source: 'lib/x.in' must start with the name of an artifact"),
+    ("config mode as a number", lambda m: m["configs"][0].update(mode=640), "configs[0].mode: 640 must be an octal mode"),
+    ("config vars not a mapping", lambda m: m["configs"][0].update(vars=["port"]), "configs[0].vars: must be a mapping"),
+    ("service not a unit", lambda m: m.update(services=["hello"]), "services[0]: 'hello' is not a systemd unit name"),
+    ("requires unknown", lambda m: m["requires"].update(gpu=True), "requires.gpu: unknown field"),
+    ("negative disk", lambda m: m["requires"].update(disk_mb=-5), "requires.disk_mb: must be a whole number of at least 0"),
+    ("health with two kinds", lambda m: m["health"][0].update(http="http://x/"), "health[0]: must have exactly one of"),
+    ("tcp without port", lambda m: m["health"][0].update(tcp="localhost"), "health[0].tcp: 'localhost' must be HOST:PORT"),
+    ("http without scheme", lambda m: m["health"][1].update(http="127.0.0.1:7000"), "health[1].http: '127.0.0.1:7000' must be an http://"),
+    ("zero timeout", lambda m: m["health"][2].update(timeout=0), "health[2].timeout: must be a number of at least 0.1"),
+]
+
+
+@pytest.mark.parametrize("case,breaker,expected", BAD, ids=[case for case, _b, _e in BAD])
+def test_each_wrong_field_is_named_with_what_to_do(case, breaker, expected):
+    manifest = copy.deepcopy(GOOD)
+    breaker(manifest)
+    with pytest.raises(ReleaseError) as error:
+        validate_release(manifest, "hello.yaml")
+    message = str(error.value)
+    assert message.startswith("release manifest hello.yaml is not valid: "), case
+    assert expected in message, message
+
+
+def test_every_problem_is_reported_at_once():
+    manifest = copy.deepcopy(GOOD)
+    manifest.update(version="x", role="A B")
+    manifest["artifacts"][0]["install"] = "copy"
+    with pytest.raises(ReleaseError) as error:
+        validate_release(manifest)
+    assert len(error.value.problems) == 3
+
+
+def test_render_names_the_missing_variable():
+    assert _render("port=${port} $$HOME", {"port": "7"}, "cfg") == "port=7 $HOME"
+    with pytest.raises(OciError, match=r"cfg: the template uses \$\{peers\}"):
+        _render("peers=${peers}", {}, "cfg")
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "symlink":
+                info.type = tarfile.SYMTYPE
+                info.linkname = data
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("members", [
+    [("../escape", b"x", "file")],
+    [("/abs", b"x", "file")],
+    [("link", "/etc/passwd", "symlink")],
+    [("sub/link", "../../outside", "symlink")],
+])
+def test_archives_cannot_write_outside_the_release(tmp_path, members):
+    archive = tmp_path / "a.tar.gz"
+    _tar(archive, members)
+    dest = tmp_path / "release"
+    dest.mkdir()
+    with pytest.raises(OciError, match="outside the release"):
+        _extract(str(archive), str(dest))
+    assert not (tmp_path / "escape").exists()
+
+
+def test_archives_extract_inside(tmp_path):
+    archive = tmp_path / "a.tar.gz"
+    _tar(archive, [("bin/tool", b"#!/bin/sh\n", "file"), ("bin/alias", "tool", "symlink")])
+    dest = tmp_path / "release"
+    dest.mkdir()
+    _extract(str(archive), str(dest))
+    assert (dest / "bin" / "tool").read_bytes() == b"#!/bin/sh\n"
+    assert os.readlink(dest / "bin" / "alias") == "tool"
+
+
+def _installed(state, name, digest, status="installed", last_active=""):
+    os.makedirs(state.release_path(name))
+    with open(os.path.join(state.release_path(name), FILES_RECORD), "w", encoding="utf-8") as handle:
+        handle.write("{}")
+    record = state.load()
+    record["releases"][name] = {"digest": digest, "version": name, "protocol": "1", "status": status,
+                                "installed_at": last_active, "last_active": last_active}
+    state.save(record)
+
+
+def _digest(n):
+    return "sha256:" + f"{n:02d}" * 32
+
+
+def test_switch_is_recorded_and_prunes_only_what_nothing_holds(tmp_path):
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    for n, status in ((1, "good"), (2, "good"), (3, "failed"), (4, "good"), (5, "installed")):
+        _installed(state, f"r{n}", _digest(n), status, f"2026-01-0{n}T00:00:00Z")
+    state.set_slot("oldstable", "r1")
+    outcome = switch_release(state, _digest(5), keep=3, protect=[_digest(2)], reason="rollout")
+    assert outcome["changed"] and outcome["to"]["name"] == "r5"
+    # Held: r5 (current), r1 (oldstable), r2 (protected). Failed r3 goes; r4 would be the 4th usable: it goes.
+    assert outcome["pruned"] == ["r3", "r4"]
+    assert sorted(os.listdir(state.releases_dir)) == ["r1", "r2", "r5"]
+    with open(state.fact_path, encoding="utf-8") as handle:
+        record = json.load(handle)
+    assert record["current"]["digest"] == _digest(5)
+    assert record["history"][-1]["event"] == "switch" and record["history"][-1]["to"]["name"] == "r5"
+    assert os.readlink(os.path.join(state.app_dir, "current")) == "releases/r5"
+    assert fact_name("my-app.v2") == "sciops_fleet_my_app_v2"
+    # Switching again to the same release changes nothing, not even the record file.
+    before = os.stat(state.fact_path).st_mtime_ns
+    again = switch_release(state, _digest(5), keep=3, protect=[_digest(2)])
+    assert not again["changed"] and again["pruned"] == []
+    assert os.stat(state.fact_path).st_mtime_ns == before
+
+
+def test_check_mode_switch_touches_nothing(tmp_path):
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    _installed(state, "r1", _digest(1), "good", "2026-01-01T00:00:00Z")
+    predicted = switch_release(state, _digest(1), check_mode=True)
+    assert predicted["changed"] and state.slot_target("current") is None
+
+
+def test_switch_refuses_a_release_that_is_not_installed(tmp_path):
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    with pytest.raises(OciError, match="is not installed on this node"):
+        switch_release(state, _digest(9))
+
+
+def test_prune_keeps_the_newest_usable_releases(tmp_path):
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    for n in range(1, 6):
+        _installed(state, f"r{n}", _digest(n), "good", f"2026-01-0{n}T00:00:00Z")
+    state.set_slot("current", "r5")
+    assert _prune_plan(state, state.load(), 2, (), {}) == ["r1", "r2", "r3"]
+
+
+def test_preflight_gives_every_reason(tmp_path):
+    release = validate_release(copy.deepcopy(GOOD))
+    release["requires"].update(arch=["sparc64"], os_family=["solaris"], commands=["no-such-command-here"],
+                               kernel=["nosuchfs", "/no/such/path"], memory_mb=10 ** 9)
+    ok, reasons, facts = preflight(release, str(tmp_path / "nowhere" / "state"), [10 ** 15])
+    assert not ok
+    joined = " | ".join(reasons)
+    for needle in ("architecture", "family solaris", "MiB free", "memory", "no-such-command-here", "nosuchfs", "/no/such/path"):
+        assert needle in joined, joined
+    assert facts["arch"]
+
+
+def test_health_checks_retry_then_report(tmp_path):
+    release = validate_release(copy.deepcopy(GOOD))
+    release["health"] = [
+        {"command": f"test -e {tmp_path}/ready", "name": "ready", "timeout": 5, "retries": 2, "delay": 0},
+        {"tcp": "${address}:1", "name": "port", "timeout": 1, "retries": 0, "delay": 0},
+    ]
+    calls = []
+
+    def sleep(_seconds):
+        calls.append(1)
+        (tmp_path / "ready").write_text("", encoding="utf-8")
+
+    results = run_health_checks(release, {"address": "127.0.0.1"}, sleep=sleep)
+    assert results[0]["ok"] and results[0]["attempts"] == 2 and calls == [1]
+    assert not results[1]["ok"] and "refused" in results[1]["detail"].lower()
