@@ -79,8 +79,8 @@ def auth_registry(testbed_root):
 
 @pytest.fixture(scope="session")
 def fleet(testbed_root):
-    """SCIOPS_TEST_NODES (default 4) nodes with real systemd and sshd, reachable at 127.0.1.N."""
-    nodes = int(os.environ.get("SCIOPS_TEST_NODES", "4"))
+    """SCIOPS_TEST_NODES (default 6) nodes with real systemd and sshd, reachable at 127.0.1.N."""
+    nodes = int(os.environ.get("SCIOPS_TEST_NODES", "6"))
     state = os.path.join(testbed_root, "fleet")
     instance = testbed.Fleet(state, nodes=nodes, net=os.environ.get("SCIOPS_TEST_NET", "127.0.1"))
     try:
@@ -131,6 +131,8 @@ class AnsibleRun:
         self.rc = runner.rc
         self.status = runner.status
         self.stdout = runner.stdout.read() if runner.stdout else ""
+        # Per-host counters of the play recap: ok, changed, failures, dark (unreachable), skipped, ...
+        self.stats = runner.stats or {}
         self.ok: dict[str, list[dict]] = {}
         self.failed: dict[str, list[dict]] = {}
         self.unreachable: dict[str, list[dict]] = {}
@@ -159,7 +161,7 @@ def run_module(tmp_path):
     """
     counter = iter(range(1_000_000))
 
-    def run(name, check=False, diff=False, **args):
+    def run(name, /, check=False, diff=False, **args):
         import json  # pylint: disable=import-outside-toplevel
         import subprocess  # pylint: disable=import-outside-toplevel
         import time  # pylint: disable=import-outside-toplevel

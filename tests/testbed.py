@@ -180,6 +180,12 @@ def _reap_or_alive(pid: int) -> bool:
         return False
 
 
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -663,6 +669,10 @@ class Fleet:
         if not os.path.exists(self.key_path):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sciops-fleet-test",
                             "-f", self.key_path], check=True)
+        busy = [f"{self.net}.{i}" for i in range(1, self.count + 1) if _port_open(f"{self.net}.{i}", 22)]
+        if busy:
+            raise TestbedError(f"something already listens on port 22 of {', '.join(busy)}: another fleet runs on "
+                               f"{self.net}.x; stop it, or choose other addresses (--net, SCIOPS_TEST_NET)")
         self._record = _register_live("fleet", self.state_dir, owner)
         started = time.monotonic()
         try:
@@ -836,7 +846,11 @@ class Fleet:
                 raise TestbedError(f"{name}: booted degraded; failed units and warnings:\n{failed}")
             last = result.stderr.strip() or state
             time.sleep(0.5)
-        raise TestbedError(f"{name}: not running after {NODE_BOOT_TIMEOUT:.0f}s (last: {last})")
+        console = ""
+        with contextlib.suppress(OSError):
+            with open(os.path.join(self._node_dir(name), "console.log"), encoding="utf-8", errors="replace") as handle:
+                console = "".join(handle.readlines()[-15:])
+        raise TestbedError(f"{name}: not running after {NODE_BOOT_TIMEOUT:.0f}s (last: {last}); console:\n{console}")
 
     def _container_pids(self, name: str) -> list[int]:
         """Every PID inside node NAME: those sharing its init's PID namespace."""

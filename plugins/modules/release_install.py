@@ -94,6 +94,11 @@ artifacts:
   type: list
   elements: dict
   sample: [{name: bin, digest: "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", files: [qserv.tar.gz]}]
+release:
+  description: The release manifest in canonical form (services, health checks, requirements, ...).
+  returned: success
+  type: dict
+  sample: {application: qserv, version: 1.4.0, protocol: "7", services: [qserv@current.service]}
 transfer:
   description: Bytes and blobs downloaded by this run (0 when the cache or the installed release already had them).
   returned: success
@@ -137,7 +142,7 @@ def main():
         module.fail_json(msg=f"installing {params['release']} failed: {exc}", error_type="OSError")
     module.exit_json(changed=outcome["changed"], release_id=digest, application=release["application"],
                      version=release["version"], name=outcome["name"], path=outcome["path"],
-                     artifacts=outcome["artifacts"], transfer=outcome["transfer"])
+                     artifacts=outcome["artifacts"], transfer=outcome["transfer"], release=release)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""sciops.fleet.rollout on six real nodes: batches, a failing node reverted, later batches untouched, reruns."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+pytestmark = [pytest.mark.fleet, pytest.mark.registry]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLAYBOOK = os.path.join(REPO, "playbooks", "rollout.yml")
+APP = "greeter"
+# The health check fails on a node where /etc/greeter-broken-<version> exists: a fault a test can place.
+SCRIPT = """#!/bin/sh
+case "$1" in
+  --check) test ! -e /etc/greeter-broken-{version} ;;
+  *) echo "greeter {version}" ;;
+esac
+"""
+
+
+def _publish(registry, run_module, tmp_path, version):
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed, tarfile.open(fileobj=compressed, mode="w") as tar:
+        data = SCRIPT.format(version=version).encode()
+        info = tarfile.TarInfo("bin/greeter")
+        info.size, info.mode, info.mtime = len(data), 0o755, 0
+        tar.addfile(info, io.BytesIO(data))
+    bundle = tmp_path / f"greeter-{version}.tar.gz"
+    bundle.write_bytes(buffer.getvalue())
+    pushed = run_module("oras_push", target=f"{registry.host}/build/greeter:{version}", files=[{"path": str(bundle)}],
+                        plain_http=True)
+    release = {"schema_version": 1, "application": APP, "version": version, "protocol": "1",
+               "artifacts": [{"name": "app", "reference": f"{registry.host}/build/greeter@{pushed['digest']}",
+                              "install": "extract"}],
+               "health": [{"command": "${current_dir}/app/bin/greeter --check", "timeout": 5}]}
+    published = run_module("release_publish", release=release, repository=f"{registry.host}/releases/greeter",
+                           channels=["candidate"], plain_http=True)
+    assert not published.get("failed"), published
+    return published
+
+
+def _rollout(ansible, fleet, registry, release, batches=(1, 2, 3), max_fail=0, check=False):
+    extravars = {"rollout_release": release, "rollout_plain_http": True, "rollout_batches": list(batches),
+                 "rollout_max_fail_percentage": max_fail}
+    return ansible(fleet.inventory_path, playbook=PLAYBOOK, extravars=extravars, check=check,
+                   envvars={"ANSIBLE_TIMEOUT": "5"})
+
+
+def _current(fleet, name):
+    result = fleet.ssh(name, f"cat /etc/ansible/facts.d/sciops_fleet_{APP}.fact", check=False)
+    if result.returncode != 0:
+        return None
+    return (json.loads(result.stdout).get("current") or {}).get("version")
+
+
+def _versions(fleet):
+    return {name: _current(fleet, name) for name in fleet.names}
+
+
+def _working(fleet, name):
+    return fleet.ssh(name, f"/var/lib/sciops-fleet/{APP}/current/app/bin/greeter").stdout.strip()
+
+
+@pytest.fixture
+def clean_app(fleet):
+    """Each test starts from nodes without the application, and leaves none behind."""
+    def wipe():
+        for name in fleet.names:
+            fleet.thaw(name)
+            fleet.ssh(name, f"rm -rf /var/lib/sciops-fleet/{APP} /etc/ansible/facts.d/sciops_fleet_{APP}.fact "
+                            "/etc/greeter-broken-*")
+    wipe()
+    yield
+    wipe()
+
+
+def test_batches_revert_the_failed_node_and_leave_later_batches_untouched(registry, fleet, ansible, run_module, tmp_path, clean_app):
+    assert len(fleet.names) >= 6, "this test needs six nodes (SCIOPS_TEST_NODES)"
+    v1 = _publish(registry, run_module, tmp_path, "1.0.0")
+    run = _rollout(ansible, fleet, registry, v1["reference"])
+    assert run.rc == 0, run
+    assert set(_versions(fleet).values()) == {"1.0.0"}
+
+    # Second rollout of the same release: nothing changes anywhere and nothing is downloaded.
+    again = _rollout(ansible, fleet, registry, v1["reference"])
+    assert again.rc == 0, again
+    assert all(again.stats["changed"].get(name, 0) == 0 for name in fleet.names), again.stats
+    installs = [r for results in again.ok.values() for r in results if "artifacts" in r and "release_id" in r]
+    assert len(installs) == len(fleet.names)
+    assert all(r["transfer"]["bytes_downloaded"] == 0 and not r["changed"] for r in installs)
+
+    # v2: node3, in the second batch, fails its health check.
+    v2 = _publish(registry, run_module, tmp_path, "2.0.0")
+    fleet.ssh("node3", "touch /etc/greeter-broken-2.0.0")
+    run = _rollout(ansible, fleet, registry, f"{registry.host}/releases/greeter:candidate")
+    assert run.rc != 0, run
+    assert "rollout stopped after batch 2" in run.stdout
+    versions = _versions(fleet)
+    assert versions == {"node1": "2.0.0", "node2": "2.0.0", "node3": "1.0.0", "node4": "1.0.0", "node5": "1.0.0",
+                        "node6": "1.0.0", **{n: "1.0.0" for n in fleet.names[6:]}}
+    assert _working(fleet, "node3") == "greeter 1.0.0"
+    record = json.loads(fleet.ssh("node3", f"cat /etc/ansible/facts.d/sciops_fleet_{APP}.fact").stdout)
+    events = [(h["event"], h.get("reason"), h["result"], (h.get("to") or h.get("release"))["version"]) for h in record["history"]]
+    assert events[-4:] == [("switch", "rollout", "switched", "2.0.0"), ("health", None, "failed", "2.0.0"),
+                           ("switch", "revert", "switched", "1.0.0"), ("health", None, "good", "1.0.0")]
+    assert record["current"]["version"] == "1.0.0" and record["current"]["status"] == "good"
+    failed = [r for r in record["releases"].values() if r["version"] == "2.0.0"]
+    assert not failed or failed[0]["status"] == "failed"  # pruned at once, or kept and marked failed
+    # Later batches were never touched: not even installed there.
+    for name in ("node4", "node5", "node6"):
+        assert "2.0.0" not in fleet.ssh(name, f"ls /var/lib/sciops-fleet/{APP}/releases").stdout
+
+    # Fixed, the same rollout converges.
+    fleet.ssh("node3", "rm -f /etc/greeter-broken-2.0.0")
+    run = _rollout(ansible, fleet, registry, v2["reference"])
+    assert run.rc == 0, run
+    assert set(_versions(fleet).values()) == {"2.0.0"}
+    assert all(_working(fleet, name) == "greeter 2.0.0" for name in fleet.names)
+
+
+def test_a_whole_batch_failing_stops_the_rollout(registry, fleet, ansible, run_module, tmp_path, clean_app):
+    v1 = _publish(registry, run_module, tmp_path, "1.0.0")
+    assert _rollout(ansible, fleet, registry, v1["reference"], batches=(100,)).rc == 0
+    v3 = _publish(registry, run_module, tmp_path, "3.0.0")
+    for name in fleet.names:
+        fleet.ssh(name, "touch /etc/greeter-broken-3.0.0")
+    run = _rollout(ansible, fleet, registry, v3["reference"], batches=(2, 100), max_fail=50)
+    assert run.rc != 0 and "rollout stopped after batch 1: 2 of 2 node(s) failed" in run.stdout, run
+    assert set(_versions(fleet).values()) == {"1.0.0"}
+    assert all(_working(fleet, name) == "greeter 1.0.0" for name in fleet.names)
+
+
+def test_an_unreachable_node_counts_as_failed_and_keeps_its_release(registry, fleet, ansible, run_module, tmp_path, clean_app):
+    v1 = _publish(registry, run_module, tmp_path, "1.0.0")
+    assert _rollout(ansible, fleet, registry, v1["reference"], batches=(100,)).rc == 0
+    v2 = _publish(registry, run_module, tmp_path, "2.0.0")
+    fleet.freeze("node5")
+    try:
+        run = _rollout(ansible, fleet, registry, v2["reference"], batches=(1, 2, 3))
+    finally:
+        fleet.thaw("node5")
+    assert run.rc != 0, run
+    assert "node5 (unreachable)" in run.stdout
+    versions = _versions(fleet)
+    assert versions["node5"] == "1.0.0" and _working(fleet, "node5") == "greeter 1.0.0"
+    assert all(versions[n] == "2.0.0" for n in ("node1", "node2", "node3"))
+    run = _rollout(ansible, fleet, registry, v2["reference"], batches=(1, 2, 3))
+    assert run.rc == 0, run
+    assert set(_versions(fleet).values()) == {"2.0.0"}
+
+
+def test_check_mode_shows_what_would_change_and_changes_nothing(registry, fleet, ansible, run_module, tmp_path, clean_app):
+    v1 = _publish(registry, run_module, tmp_path, "1.0.0")
+    run = _rollout(ansible, fleet, registry, v1["reference"], check=True)
+    assert run.rc == 0, run
+    assert "would_change" in run.stdout
+    assert set(_versions(fleet).values()) == {None}
