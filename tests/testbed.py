@@ -887,6 +887,7 @@ class Fleet:
             "    ansible_ssh_common_args: >-",
             "      -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
             "    ansible_python_interpreter: /usr/bin/python3",
+            "    ansible_pipelining: true",
         ]
         with open(self.inventory_path, "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")

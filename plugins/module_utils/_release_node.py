@@ -38,7 +38,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import open_store
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import BlobCache
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file, parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file, is_digest, parse_reference
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import Descriptor
 from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import load_manifest, pull_artifact
 from ansible_collections.sciops.fleet.plugins.module_utils._release import (
@@ -304,6 +304,40 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
 # -- switch and prune ---------------------------------------------------------------------------
 
 
+def choose_release(state, record, text):
+    """The release id TEXT means on this node: an id, ``previous`` (what current was before its last switch,
+    still installed and not failed), or a version installed here."""
+    if is_digest(text):
+        return text
+    if text == "previous":
+        current = (record.get("current") or {}).get("digest")
+        for event in reversed(record["history"]):
+            if event.get("event") != "switch" or event.get("slot") != "current" or not event.get("from"):
+                continue
+            digest = event["from"].get("digest")
+            name = state.name_for(record, digest)
+            if digest != current and name and state.is_installed(name) and record["releases"][name].get("status") != "failed":
+                return digest
+        raise OciError(f"{state.app} has no previous release on this node to go back to (none installed that did not fail)")
+    matches = [entry["digest"] for name, entry in record["releases"].items()
+               if entry.get("version") == text and state.is_installed(name)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        known = ", ".join(sorted({e.get("version") for e in record["releases"].values()})) or "none"
+        raise OciError(f"{state.app} {text} is not installed on this node (installed: {known}); roll it out instead")
+    raise OciError(f"{state.app} {text} is installed more than once on this node; name it by release id")
+
+
+def release_services(state, name):
+    """The services release NAME declares (from its release.json)."""
+    try:
+        with open(os.path.join(state.release_path(name), RELEASE_FILE), encoding="utf-8") as handle:
+            return list(json.load(handle).get("services") or [])
+    except (OSError, ValueError):
+        return []
+
+
 def switch_release(state, digest, slot="current", keep=3, protect=(), reason="rollout", check_mode=False):
     """Point SLOT at the installed release DIGEST, record it, and prune old releases.
 
@@ -318,7 +352,7 @@ def switch_release(state, digest, slot="current", keep=3, protect=(), reason="ro
         raise OciError(f"release {digest} of {state.app} is not installed on this node; install it first (sciops.fleet.release_install)")
     before = state.slot_target(slot)
     outcome = {"changed": before != name, "from": release_summary(record, before) if before else None,
-               "to": release_summary(record, name), "pruned": []}
+               "to": release_summary(record, name), "pruned": [], "services": release_services(state, name)}
     if check_mode:
         outcome["pruned"] = _prune_plan(state, record, keep, protect, {slot: name})
         outcome["changed"] = outcome["changed"] or bool(outcome["pruned"])

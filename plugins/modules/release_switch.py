@@ -36,7 +36,10 @@ options:
     type: str
     required: true
   release:
-    description: The installed release to switch to, by id (C(sha256:...)) or a reference pinned by digest.
+    description:
+      - The installed release to switch to, by id (C(sha256:...)), a reference pinned by digest, a version installed on
+        the node (C(1.3.2)), or C(previous) for the release the slot C(current) pointed to before its last switch (one that
+        is still installed and did not fail).
     type: str
     required: true
   slot:
@@ -72,6 +75,12 @@ EXAMPLES = r"""
     release: sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
     keep: 3
 
+- name: Go back to the release that ran before
+  sciops.fleet.release_switch:
+    application: qserv
+    release: previous
+    reason: rollback
+
 - name: Keep the previous server running as oldstable
   sciops.fleet.release_switch:
     application: qserv
@@ -91,6 +100,12 @@ to:
   returned: success
   type: dict
   sample: {name: 1.4.0-6c3c624b58db, digest: "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b", version: 1.4.0, protocol: "7"}
+services:
+  description: The services the release switched to declares; restart them after a switch.
+  returned: success
+  type: list
+  elements: str
+  sample: [qserv@current.service]
 pruned:
   description: Release directory names removed.
   returned: success
@@ -104,7 +119,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec, release_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._release_node import AppState, switch_release
+from ansible_collections.sciops.fleet.plugins.module_utils._release_node import AppState, choose_release, switch_release
 
 
 def main():
@@ -123,15 +138,19 @@ def main():
     try:
         if params["keep"] < 1:
             raise OciError(f"keep must be at least 1, not {params['keep']}")
-        digest = release_digest(params["release"])
-        protect = [release_digest(p, "protect") for p in params["protect"]]
         state = AppState(params["application"], params["state_root"], params["facts_dir"])
+        wanted = params["release"]
+        if "/" in wanted or "@" in wanted:  # a reference pinned by digest
+            wanted = release_digest(wanted)
+        digest = choose_release(state, state.load(), wanted)
+        protect = [release_digest(p, "protect") for p in params["protect"]]
         outcome = switch_release(state, digest, params["slot"], params["keep"], protect, params["reason"], module.check_mode)
     except OciError as exc:
         fail_from(module, exc)
     except OSError as exc:
         module.fail_json(msg=f"switching {params['application']} to {params['release']} failed: {exc}", error_type="OSError")
-    result = {"changed": outcome["changed"], "from": outcome["from"], "to": outcome["to"], "pruned": outcome["pruned"]}
+    result = {"changed": outcome["changed"], "from": outcome["from"], "to": outcome["to"], "pruned": outcome["pruned"],
+              "services": outcome["services"]}
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = {"before": f"{params['slot']}: {(outcome['from'] or {}).get('name')}\n",
                           "after": f"{params['slot']}: {outcome['to']['name']}\n"}

@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.fleet, pytest.mark.registry]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOK = os.path.join(REPO, "playbooks", "rollout.yml")
+ROLLBACK = os.path.join(REPO, "playbooks", "rollback.yml")
 APP = "greeter"
 # The health check fails on a node where /etc/greeter-broken-<version> exists: a fault a test can place.
 SCRIPT = """#!/bin/sh
@@ -124,6 +125,20 @@ def test_batches_revert_the_failed_node_and_leave_later_batches_untouched(regist
     assert run.rc == 0, run
     assert set(_versions(fleet).values()) == {"2.0.0"}
     assert all(_working(fleet, name) == "greeter 2.0.0" for name in fleet.names)
+
+    # Rollback to the previous release, then forward again to a named one.
+    back = ansible(fleet.inventory_path, playbook=ROLLBACK, extravars={"rollback_application": APP})
+    assert back.rc == 0, back
+    assert set(_versions(fleet).values()) == {"1.0.0"}
+    assert all(_working(fleet, name) == "greeter 1.0.0" for name in fleet.names)
+    record = json.loads(fleet.ssh("node6", f"cat /etc/ansible/facts.d/sciops_fleet_{APP}.fact").stdout)
+    assert [h for h in record["history"] if h["event"] == "switch"][-1]["reason"] == "rollback"
+    named = ansible(fleet.inventory_path, playbook=ROLLBACK, extravars={"rollback_application": APP, "rollback_to": "2.0.0"})
+    assert named.rc == 0, named
+    assert set(_versions(fleet).values()) == {"2.0.0"}
+    missing = ansible(fleet.inventory_path, playbook=ROLLBACK, extravars={"rollback_application": APP, "rollback_to": "0.9.0"})
+    assert missing.rc != 0 and "0.9.0 is not installed on this node" in missing.stdout
+    assert set(_versions(fleet).values()) == {"2.0.0"}
 
 
 def test_a_whole_batch_failing_stops_the_rollout(registry, fleet, ansible, run_module, tmp_path, clean_app):

@@ -241,3 +241,22 @@ def test_health_checks_retry_then_report(tmp_path):
     results = run_health_checks(release, {"address": "127.0.0.1"}, sleep=sleep)
     assert results[0]["ok"] and results[0]["attempts"] == 2 and calls == [1]
     assert not results[1]["ok"] and "refused" in results[1]["detail"].lower()
+
+
+def test_previous_and_versions_name_installed_releases(tmp_path):
+    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import choose_release  # pylint: disable=import-outside-toplevel
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    for n in (1, 2, 3):
+        _installed(state, f"r{n}", _digest(n), "good", f"2026-01-0{n}T00:00:00Z")
+    with pytest.raises(OciError, match="no previous release"):
+        choose_release(state, state.load(), "previous")
+    switch_release(state, _digest(1))
+    switch_release(state, _digest(2))
+    switch_release(state, _digest(3))
+    record = state.load()
+    assert choose_release(state, record, "previous") == _digest(2)
+    record["releases"]["r2"]["status"] = "failed"
+    assert choose_release(state, record, "previous") == _digest(1)
+    assert choose_release(state, record, "r3") == _digest(3)  # the test's versions are the names
+    with pytest.raises(OciError, match="9.9 is not installed on this node"):
+        choose_release(state, record, "9.9")
