@@ -535,3 +535,57 @@ def artifact_sizes(release, registry_options):
         except (OciError, ReleaseError) as exc:
             reasons.append(f"artifact {artifact['name']} cannot be read: {exc}")
     return sizes, reasons
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+def drift(state, name):
+    """How release NAME on disk differs from what was installed: changed, missing and added files."""
+    root = state.release_path(name)
+    try:
+        with open(os.path.join(root, FILES_RECORD), encoding="utf-8") as handle:
+            recorded = json.load(handle)["files"]
+    except (OSError, ValueError, KeyError):
+        return {"changed": [], "missing": [], "added": [], "error": f"{root} has no readable files record"}
+    changed, missing, seen = [], [], set()
+    for relative, entry in sorted(recorded.items()):
+        path = os.path.join(root, relative)
+        seen.add(relative)
+        if "link" in entry:
+            if not os.path.islink(path) or os.readlink(path) != entry["link"]:
+                (missing if not os.path.lexists(path) else changed).append(relative)
+            continue
+        if not os.path.isfile(path) or os.path.islink(path):
+            missing.append(relative)
+        elif os.path.getsize(path) != entry["size"] or digest_file(path)[0] != entry["digest"]:
+            changed.append(relative)
+        elif "%04o" % (os.stat(path).st_mode & 0o7777) != entry["mode"]:
+            changed.append(relative)
+    added = []
+    for base, _dirs, names in os.walk(root):
+        for file_name in names:
+            relative = os.path.relpath(os.path.join(base, file_name), root)
+            if relative not in seen and relative != FILES_RECORD:
+                added.append(relative)
+    return {"changed": changed, "missing": missing, "added": sorted(added)}
+
+
+def application_status(state):
+    """What this node says about the application: slots, since when, protocol, drift of current."""
+    record = state.load()
+    status = {"application": state.app, "installed": sorted(
+        ({"name": n, "version": e.get("version"), "status": e.get("status")} for n, e in record["releases"].items()),
+        key=lambda r: r["name"])}
+    for slot in SLOTS:
+        name = state.slot_target(slot)
+        entry = dict(release_summary(record, name), status=record["releases"].get(name, {}).get("status")) if name else None
+        if entry:
+            switches = [h for h in record["history"] if h.get("event") == "switch" and h.get("slot") == slot
+                        and (h.get("to") or {}).get("name") == name]
+            entry["since"] = switches[-1]["time"] if switches else None
+            entry["working"] = state.is_installed(name)
+        status[slot] = entry
+    current = status["current"]
+    status["drift"] = drift(state, current["name"]) if current and current["working"] else None
+    return status

@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.fleet, pytest.mark.registry]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOK = os.path.join(REPO, "playbooks", "rollout.yml")
 ROLLBACK = os.path.join(REPO, "playbooks", "rollback.yml")
+STATUS = os.path.join(REPO, "playbooks", "status.yml")
 APP = "greeter"
 # The health check fails on a node where /etc/greeter-broken-<version> exists: a fault a test can place.
 SCRIPT = """#!/bin/sh
@@ -178,3 +179,29 @@ def test_check_mode_shows_what_would_change_and_changes_nothing(registry, fleet,
     assert run.rc == 0, run
     assert "would_change" in run.stdout
     assert set(_versions(fleet).values()) == {None}
+
+
+def test_status_matrix_shows_versions_drift_and_unreachable_nodes(registry, fleet, ansible, run_module, tmp_path, clean_app):
+    v1 = _publish(registry, run_module, tmp_path, "1.0.0")
+    assert _rollout(ansible, fleet, registry, v1["reference"], batches=(100,)).rc == 0
+    fleet.ssh("node2", f"echo edited >> /var/lib/sciops-fleet/{APP}/current/app/bin/greeter")
+    fleet.freeze("node6")
+    try:
+        report = ansible(fleet.inventory_path, playbook=STATUS, envvars={"ANSIBLE_TIMEOUT": "5"},
+                         extravars={"status_application": APP, "status_json_path": str(tmp_path / "matrix.json"),
+                                    "status_html_path": str(tmp_path / "matrix.html")})
+    finally:
+        fleet.thaw("node6")
+    assert report.rc == 0, report
+    matrix = {row["node"]: row for row in json.loads((tmp_path / "matrix.json").read_text(encoding="utf-8"))["nodes"]}
+    assert matrix["node6"] == {"node": "node6", "reachable": False}
+    assert matrix["node2"]["drift"] == ["app/bin/greeter"]
+    for name in fleet.names:
+        if name != "node6":
+            row = matrix[name]
+            assert (row["version"], row["release_id"], row["protocol"], row["health"]) == ("1.0.0", v1["release_id"], "1", "good")
+            assert row["since"]
+    assert all(matrix[n]["drift"] == [] for n in fleet.names if n not in ("node2", "node6"))
+    html = (tmp_path / "matrix.html").read_text(encoding="utf-8")
+    assert html.count("<tr") == len(fleet.names) + 1 and "unreachable" in html and "app/bin/greeter" in html
+    assert "UNREACHABLE" in report.stdout and v1["release_id"][7:19] in report.stdout

@@ -1,0 +1,80 @@
+#!/usr/bin/python
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: release_status
+short_description: Say which release of an application this node runs, since when, and whether its files drifted
+version_added: 0.1.0
+description:
+  - Reports, for an application on this node, the release C(current) and C(oldstable) point to (version, release id,
+    protocol, health verdict, since when), every installed release, and the drift of the current release, its files
+    on disk compared with the digests recorded when it was installed (changed, missing and added files).
+  - The playbook C(sciops.fleet.status) collects this from every node into a version matrix.
+  - Runs on managed nodes with the Python standard library only.
+extends_documentation_fragment:
+  - sciops.fleet.release_node
+  - sciops.fleet.attributes.READ_ONLY
+options:
+  application:
+    description: The application.
+    type: str
+    required: true
+seealso:
+  - module: sciops.fleet.release_switch
+author:
+  - sciops.fleet maintainers (@sciops)
+"""
+
+EXAMPLES = r"""
+---
+- name: What does this node run?
+  sciops.fleet.release_status:
+    application: qserv
+  register: qserv_status
+
+- name: Complain about edited files
+  ansible.builtin.debug:
+    msg: "{{ qserv_status.status.drift.changed }}"
+  when: qserv_status.status.drift.changed | default([]) | length > 0
+"""
+
+RETURN = r"""
+status:
+  description:
+    - C(current) and C(oldstable) (each name, digest, version, protocol, status, since, working, or null), C(installed)
+      (name, version, status of each), and C(drift) of the current release (changed, missing, added).
+  returned: success
+  type: dict
+  sample:
+    application: qserv
+    current: {name: 1.4.0-6c3c624b58db, digest: "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b",
+              version: 1.4.0, protocol: "7", status: good, since: "2026-11-22T02:40:00Z", working: true}
+    oldstable: null
+    installed: [{name: 1.4.0-6c3c624b58db, version: 1.4.0, status: good}]
+    drift: {changed: [], missing: [], added: []}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import fail_from
+from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._release_node import AppState, application_status
+
+
+def main():
+    module = AnsibleModule(argument_spec=node_argument_spec(application={"type": "str", "required": True}),
+                           supports_check_mode=True)
+    params = module.params
+    try:
+        status = application_status(AppState(params["application"], params["state_root"], params["facts_dir"]))
+    except OciError as exc:
+        fail_from(module, exc)
+    module.exit_json(changed=False, status=status)
+
+
+if __name__ == "__main__":
+    main()
