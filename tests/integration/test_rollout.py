@@ -8,7 +8,11 @@ import gzip
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 
 import pytest
 
@@ -205,3 +209,26 @@ def test_status_matrix_shows_versions_drift_and_unreachable_nodes(registry, flee
     html = (tmp_path / "matrix.html").read_text(encoding="utf-8")
     assert html.count("<tr") == len(fleet.names) + 1 and "unreachable" in html and "app/bin/greeter" in html
     assert "UNREACHABLE" in report.stdout and v1["release_id"][7:19] in report.stdout
+
+
+def test_killing_the_rollout_at_any_point_leaves_every_node_working(registry, fleet, ansible, run_module, tmp_path, clean_app):
+    v1 = _publish(registry, run_module, tmp_path, "1.0.0")
+    assert _rollout(ansible, fleet, registry, v1["reference"], batches=(100,)).rc == 0
+    v2 = _publish(registry, run_module, tmp_path, "2.0.0")
+    command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", fleet.inventory_path, PLAYBOOK,
+               "-e", json.dumps({"rollout_release": v2["reference"], "rollout_plain_http": True, "rollout_batches": [2, 100]})]
+    for delay in (2.0, 4.0, 6.0, 8.0):
+        with open(tmp_path / f"killed-{delay}.log", "wb") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # pylint: disable=consider-using-with
+            time.sleep(delay)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        time.sleep(1)  # a module still running on a node finishes or dies with its connection
+        for name in fleet.names:
+            answer = _working(fleet, name)
+            assert answer in ("greeter 1.0.0", "greeter 2.0.0"), (delay, name, answer)
+    run = _rollout(ansible, fleet, registry, v2["reference"], batches=(2, 100))
+    assert run.rc == 0, run
+    assert set(_versions(fleet).values()) == {"2.0.0"}
+    assert all(_working(fleet, name) == "greeter 2.0.0" for name in fleet.names)
