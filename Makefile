@@ -19,9 +19,10 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help test system-deps venv collection-link unit integration sanity lint molecule build install-check sweep clean
+.PHONY: help test demo system-deps venv collection-link unit integration sanity lint molecule build install-check sweep clean
 
 help:
+	@echo "make demo          the main job on the embedded default (no registry server, no root)"
 	@echo "make test          run everything CI runs (installs what it needs; root on Debian)"
 	@echo "make system-deps   install the system tools (docker-registry, rpm, squashfs-tools, ...)"
 	@echo "make venv          create $(VENV) with the pinned Python dependencies"
@@ -45,6 +46,11 @@ venv: $(VENV)/.installed
 collection-link: venv
 	mkdir -p $(COLLECTIONS)/ansible_collections/sciops
 	ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/sciops/fleet
+
+# The main job on the embedded default: an OCI layout as registry, three local directories as nodes.
+demo: collection-link
+	$(BIN)/ansible-playbook -i inventories/demo playbooks/demo.yml -e demo_dir=$(CURDIR)/build/demo
+	@echo "demo: version matrices in build/demo/status-after-upgrade.html and build/demo/status-after-rollback.html"
 
 sweep: venv
 	$(BIN)/python tests/testbed.py sweep
