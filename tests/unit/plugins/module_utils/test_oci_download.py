@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email.message
 import os
+import random
 import stat
 
 import pytest
@@ -29,7 +30,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import (
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_bytes, digest_file
 
-DATA = os.urandom(200_000)
+# Fixed bytes: a test that damages one byte must really change it, whatever the run.
+DATA = random.Random(20261122).randbytes(200_000)
 DIGEST = digest_bytes(DATA)
 NO_WAIT = RetryPolicy(retries=3, backoff=0, sleep=lambda _s: None)
 
@@ -257,7 +259,7 @@ def test_cache_places_an_independent_copy_by_default(tmp_path):
     placed = cache.place(DIGEST, str(tmp_path / "dest"), "blob", len(DATA))
     assert os.stat(placed).st_ino != os.stat(cached).st_ino
     with open(placed, "r+b") as handle:  # a user edits the pulled file in place
-        handle.write(b"X")
+        handle.write(bytes([DATA[0] ^ 0xFF]))
     assert cache.has(DIGEST, len(DATA), verify=True)
 
 
@@ -278,7 +280,7 @@ def test_damaged_cache_entry_is_detected_and_dropped(tmp_path):
     cached = cache.put_from(str(source), DIGEST, len(DATA), verify=True)
     assert cache.has(DIGEST, len(DATA), verify=True)
     with open(cached, "r+b") as handle:
-        handle.write(b"\xff")
+        handle.write(bytes([DATA[0] ^ 0xFF]))
     assert cache.has(DIGEST, len(DATA)) is True  # size alone cannot tell
     assert cache.has(DIGEST, len(DATA), verify=True) is False
     assert not os.path.exists(cached)
