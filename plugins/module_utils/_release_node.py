@@ -338,11 +338,16 @@ def release_services(state, name):
         return []
 
 
-def switch_release(state, digest, slot="current", keep=3, protect=(), reason="rollout", check_mode=False):
+def switch_release(state, digest, slot="current", keep=3, protect=(), reason="rollout", check_mode=False,
+                   keep_oldstable=False):
     """Point SLOT at the installed release DIGEST, record it, and prune old releases.
 
+    With KEEP_OLDSTABLE, switching ``current`` to a release of another protocol first points ``oldstable`` at
+    the release current left, so that a server keeps answering clients of the old protocol (lockstep).
+
     Keeps the KEEP most recently used releases that did not fail, and never removes what a slot points
-    to or what PROTECT names (digests). Returns a dict: changed, from, to, pruned.
+    to or what PROTECT names (digests). Returns a dict: changed, from, to, pruned, services, oldstable
+    (what oldstable points to afterwards), oldstable_moved, and oldstable_from (what it pointed to before).
     """
     if slot not in SLOTS:
         raise OciError(f"slot must be one of {', '.join(SLOTS)}, not {slot!r}")
@@ -351,30 +356,75 @@ def switch_release(state, digest, slot="current", keep=3, protect=(), reason="ro
     if name is None or not state.is_installed(name):
         raise OciError(f"release {digest} of {state.app} is not installed on this node; install it first (sciops.fleet.release_install)")
     before = state.slot_target(slot)
+    pending = {slot: name}
+    old_oldstable = state.slot_target("oldstable")
+    if (keep_oldstable and slot == "current" and before and before != name and before != old_oldstable
+            and state.is_installed(before)
+            and (record["releases"].get(before) or {}).get("protocol") != (record["releases"].get(name) or {}).get("protocol")):
+        pending["oldstable"] = before
     outcome = {"changed": before != name, "from": release_summary(record, before) if before else None,
-               "to": release_summary(record, name), "pruned": [], "services": release_services(state, name)}
+               "to": release_summary(record, name), "pruned": [], "services": release_services(state, name),
+               "oldstable_from": None, "oldstable_moved": "oldstable" in pending}
+    if "oldstable" in pending:
+        outcome["oldstable_from"] = release_summary(record, old_oldstable) if old_oldstable else None
+    after_oldstable = pending.get("oldstable", name if slot == "oldstable" else old_oldstable)
+    outcome["oldstable"] = release_summary(record, after_oldstable) if after_oldstable else None
     if check_mode:
-        outcome["pruned"] = _prune_plan(state, record, keep, protect, {slot: name})
+        outcome["pruned"] = _prune_plan(state, record, keep, protect, pending)
         outcome["changed"] = outcome["changed"] or bool(outcome["pruned"])
         return outcome
     with state.lock():
         record = state.load()
-        if before != name:
-            state.set_slot(slot, name)
-            record[slot] = release_summary(record, name)
-            record["releases"][name]["last_active"] = now()
-            record["history"].append({"time": now(), "event": "switch", "slot": slot, "reason": reason,
-                                      "from": outcome["from"], "to": outcome["to"], "result": "switched"})
-        for victim in _prune_plan(state, record, keep, protect, {slot: name}):
-            shutil.rmtree(state.release_path(victim), ignore_errors=True)
-            record["releases"].pop(victim, None)
-            outcome["pruned"].append(victim)
-        if outcome["pruned"]:
-            fsync_dir(state.releases_dir)
-            outcome["changed"] = True
+        for target_slot in sorted(pending, key=lambda s: s != "oldstable"):  # oldstable first: a server never lacks either
+            target, previous = pending[target_slot], state.slot_target(target_slot)
+            if previous == target:
+                continue
+            state.set_slot(target_slot, target)
+            record[target_slot] = release_summary(record, target)
+            record["releases"][target]["last_active"] = now()
+            record["history"].append({"time": now(), "event": "switch", "slot": target_slot,
+                                      "reason": reason if target_slot == slot else f"{reason} (lockstep)",
+                                      "from": release_summary(record, previous) if previous else None,
+                                      "to": release_summary(record, target), "result": "switched"})
+        _prune(state, record, keep, protect, pending, outcome)
         if outcome["changed"]:
             state.save(record)
     return outcome
+
+
+def retire_slot(state, slot="oldstable", keep=3, protect=(), reason="retire", check_mode=False):
+    """Empty SLOT (never ``current``), record it, and prune its release when KEEP allows.
+
+    Returns a dict: changed, from (what the slot pointed to), pruned."""
+    if slot == "current":
+        raise OciError("current is never emptied; switch it to another release instead")
+    if slot not in SLOTS:
+        raise OciError(f"slot must be one of {', '.join(SLOTS)}, not {slot!r}")
+    record = state.load()
+    before = state.slot_target(slot)
+    outcome = {"changed": before is not None, "from": release_summary(record, before) if before else None, "pruned": []}
+    if check_mode or before is None:
+        return outcome
+    with state.lock():
+        record = state.load()
+        state.clear_slot(slot)
+        record[slot] = None
+        record["history"].append({"time": now(), "event": "retire", "slot": slot, "reason": reason,
+                                  "from": outcome["from"], "to": None, "result": "retired"})
+        _prune(state, record, keep, protect, {}, outcome)
+        state.save(record)
+    return outcome
+
+
+def _prune(state, record, keep, protect, pending, outcome):
+    """Remove what _prune_plan names (under the lock), noting it in OUTCOME."""
+    for victim in _prune_plan(state, record, keep, protect, pending):
+        shutil.rmtree(state.release_path(victim), ignore_errors=True)
+        record["releases"].pop(victim, None)
+        outcome["pruned"].append(victim)
+    if outcome["pruned"]:
+        fsync_dir(state.releases_dir)
+        outcome["changed"] = True
 
 
 def _prune_plan(state, record, keep, protect, pending):

@@ -40,13 +40,31 @@ options:
       - The installed release to switch to, by id (C(sha256:...)), a reference pinned by digest, a version installed on
         the node (C(1.3.2)), or C(previous) for the release the slot C(current) pointed to before its last switch (one that
         is still installed and did not fail).
+      - Required with O(state=present).
     type: str
-    required: true
   slot:
-    description: Which slot to point at the release.
+    description: Which slot to point at the release (or, with O(state=absent), to empty).
     type: str
     choices: [current, oldstable]
     default: current
+  state:
+    description:
+      - V(present) points O(slot) at O(release).
+      - V(absent) empties the slot C(oldstable) once nothing needs the old server any more (see the playbook
+        C(sciops.fleet.retire_oldstable), which checks that first); its release is then pruned like any other
+        release beyond O(keep). The slot C(current) is never emptied.
+    type: str
+    choices: [present, absent]
+    default: present
+  keep_oldstable:
+    description:
+      - Lockstep of servers and clients. When O(slot=current) moves to a release whose protocol differs from the
+        protocol of the release it leaves, that release first becomes C(oldstable), so a server can go on serving
+        clients of the old protocol (as a second service instance) until every client has moved.
+      - A release of the same protocol leaves C(oldstable) as it is. C(oldstable) holds one release; switching
+        to a third protocol before retiring moves it to the release C(current) leaves.
+    type: bool
+    default: false
   keep:
     description: How many releases that did not fail to keep, those in slots included.
     type: int
@@ -87,6 +105,19 @@ EXAMPLES = r"""
     slot: oldstable
     release: sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
     reason: lockstep
+
+- name: Upgrade a server to a new protocol; the release it ran becomes oldstable
+  sciops.fleet.release_switch:
+    application: qserv
+    release: sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
+    keep_oldstable: true
+
+- name: Empty oldstable once every client speaks the new protocol
+  sciops.fleet.release_switch:
+    application: qserv
+    slot: oldstable
+    state: absent
+    reason: retire
 """
 
 RETURN = r"""
@@ -96,7 +127,7 @@ from:
   type: dict
   sample: {name: 1.3.2-9f86d081884c, digest: "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", version: 1.3.2, protocol: "7"}
 to:
-  description: The release the slot points to now.
+  description: The release the slot points to now (null after O(state=absent)).
   returned: success
   type: dict
   sample: {name: 1.4.0-6c3c624b58db, digest: "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b", version: 1.4.0, protocol: "7"}
@@ -106,6 +137,22 @@ services:
   type: list
   elements: str
   sample: [qserv@current.service]
+oldstable:
+  description: The release C(oldstable) points to after the switch, or null (not returned with O(state=absent)).
+  returned: success
+  type: dict
+  sample: {name: 1.3.2-9f86d081884c, digest: "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", version: 1.3.2, protocol: "7"}
+oldstable_moved:
+  description: Whether this switch (with O(keep_oldstable)) moved C(oldstable) to the release C(current) left.
+  returned: success
+  type: bool
+  sample: true
+oldstable_from:
+  description:
+    - When RV(oldstable_moved), what C(oldstable) pointed to before (null when it was empty). A revert puts it back.
+  returned: success
+  type: dict
+  sample: null
 pruned:
   description: Release directory names removed.
   returned: success
@@ -119,19 +166,22 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec, release_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._release_node import AppState, choose_release, switch_release
+from ansible_collections.sciops.fleet.plugins.module_utils._release_node import AppState, choose_release, retire_slot, switch_release
 
 
 def main():
     module = AnsibleModule(
         argument_spec=node_argument_spec(
             application={"type": "str", "required": True},
-            release={"type": "str", "required": True},
+            release={"type": "str"},
+            state={"type": "str", "choices": ["present", "absent"], "default": "present"},
+            keep_oldstable={"type": "bool", "default": False},
             slot={"type": "str", "choices": ["current", "oldstable"], "default": "current"},
             keep={"type": "int", "default": 3},
             protect={"type": "list", "elements": "str", "default": []},
             reason={"type": "str", "default": "rollout"},
         ),
+        required_if=[("state", "present", ["release"])],
         supports_check_mode=True,
     )
     params = module.params
@@ -139,21 +189,27 @@ def main():
         if params["keep"] < 1:
             raise OciError(f"keep must be at least 1, not {params['keep']}")
         state = AppState(params["application"], params["state_root"], params["facts_dir"])
-        wanted = params["release"]
-        if "/" in wanted or "@" in wanted:  # a reference pinned by digest
-            wanted = release_digest(wanted)
-        digest = choose_release(state, state.load(), wanted)
         protect = [release_digest(p, "protect") for p in params["protect"]]
-        outcome = switch_release(state, digest, params["slot"], params["keep"], protect, params["reason"], module.check_mode)
+        if params["state"] == "absent":
+            outcome = retire_slot(state, params["slot"], params["keep"], protect, params["reason"], module.check_mode)
+            outcome.update(to=None, services=[])
+        else:
+            wanted = params["release"]
+            if "/" in wanted or "@" in wanted:  # a reference pinned by digest
+                wanted = release_digest(wanted)
+            digest = choose_release(state, state.load(), wanted)
+            outcome = switch_release(state, digest, params["slot"], params["keep"], protect, params["reason"],
+                                     module.check_mode, keep_oldstable=params["keep_oldstable"])
     except OciError as exc:
         fail_from(module, exc)
     except OSError as exc:
         module.fail_json(msg=f"switching {params['application']} to {params['release']} failed: {exc}", error_type="OSError")
-    result = {"changed": outcome["changed"], "from": outcome["from"], "to": outcome["to"], "pruned": outcome["pruned"],
-              "services": outcome["services"]}
+    result = {key: outcome[key] for key in ("changed", "from", "to", "pruned", "services", "oldstable", "oldstable_moved",
+                                                                  "oldstable_from")
+              if key in outcome}
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = {"before": f"{params['slot']}: {(outcome['from'] or {}).get('name')}\n",
-                          "after": f"{params['slot']}: {outcome['to']['name']}\n"}
+                          "after": f"{params['slot']}: {(outcome['to'] or {}).get('name')}\n"}
     module.exit_json(**result)
 
 

@@ -27,6 +27,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._release_node import 
     _render,
     fact_name,
     preflight,
+    retire_slot,
     run_health_checks,
     switch_release,
 )
@@ -156,12 +157,12 @@ def test_archives_extract_inside(tmp_path):
     assert os.readlink(dest / "bin" / "alias") == "tool"
 
 
-def _installed(state, name, digest, status="installed", last_active=""):
+def _installed(state, name, digest, status="installed", last_active="", protocol="1"):
     os.makedirs(state.release_path(name))
     with open(os.path.join(state.release_path(name), FILES_RECORD), "w", encoding="utf-8") as handle:
         handle.write("{}")
     record = state.load()
-    record["releases"][name] = {"digest": digest, "version": name, "protocol": "1", "status": status,
+    record["releases"][name] = {"digest": digest, "version": name, "protocol": protocol, "status": status,
                                 "installed_at": last_active, "last_active": last_active}
     state.save(record)
 
@@ -191,6 +192,49 @@ def test_switch_is_recorded_and_prunes_only_what_nothing_holds(tmp_path):
     again = switch_release(state, _digest(5), keep=3, protect=[_digest(2)])
     assert not again["changed"] and again["pruned"] == []
     assert os.stat(state.fact_path).st_mtime_ns == before
+
+
+def test_a_new_protocol_keeps_the_release_it_leaves_as_oldstable(tmp_path):
+    state = AppState("srv", str(tmp_path / "state"), str(tmp_path / "facts"))
+    for n, protocol in ((1, "1"), (2, "2")):
+        _installed(state, f"r{n}", _digest(n), "good", f"2026-01-0{n}T00:00:00Z", protocol=protocol)
+    switch_release(state, _digest(1), keep_oldstable=True)
+    assert state.slot_target("oldstable") is None  # nothing ran before
+    predicted = switch_release(state, _digest(2), keep=1, keep_oldstable=True, check_mode=True)
+    assert predicted["oldstable"]["name"] == "r1" and "r1" not in predicted["pruned"]
+    assert state.slot_target("oldstable") is None and state.slot_target("current") == "r1"
+    # Protocol 1 -> 2: r1 becomes oldstable, and keep=1 does not prune it (a slot holds it).
+    moved = switch_release(state, _digest(2), keep=1, keep_oldstable=True)
+    assert (state.slot_target("current"), state.slot_target("oldstable")) == ("r2", "r1")
+    assert moved["oldstable"]["name"] == "r1" and moved["oldstable_from"] is None and "r1" not in moved["pruned"]
+    record = state.load()
+    assert record["oldstable"]["protocol"] == "1"
+    assert [(h["slot"], h["to"]["name"]) for h in record["history"][-2:]] == [("oldstable", "r1"), ("current", "r2")]
+    # Same protocol 2 -> 2: oldstable stays on protocol 1.
+    _installed(state, "r3", _digest(3), "good", "2026-01-03T00:00:00Z", protocol="2")
+    same = switch_release(state, _digest(3), keep=3, keep_oldstable=True)
+    assert state.slot_target("oldstable") == "r1" and same["oldstable"]["name"] == "r1" and same["oldstable_from"] is None
+    # Without keep_oldstable a new protocol leaves oldstable alone.
+    _installed(state, "r4", _digest(4), "good", "2026-01-04T00:00:00Z", protocol="3")
+    switch_release(state, _digest(4), keep=3)
+    assert state.slot_target("oldstable") == "r1"
+
+
+def test_retiring_oldstable_empties_the_slot_and_lets_prune_take_it(tmp_path):
+    state = AppState("srv", str(tmp_path / "state"), str(tmp_path / "facts"))
+    _installed(state, "r1", _digest(1), "good", "2026-01-01T00:00:00Z", protocol="1")
+    _installed(state, "r2", _digest(2), "good", "2026-01-02T00:00:00Z", protocol="2")
+    switch_release(state, _digest(1))
+    switch_release(state, _digest(2), keep=1, keep_oldstable=True)
+    assert retire_slot(state, check_mode=True)["changed"] and state.slot_target("oldstable") == "r1"
+    with pytest.raises(OciError, match="current is never emptied"):
+        retire_slot(state, "current")
+    retired = retire_slot(state, keep=1, reason="retire")
+    assert retired["changed"] and retired["from"]["name"] == "r1" and retired["pruned"] == ["r1"]
+    assert state.slot_target("oldstable") is None and state.slot_target("current") == "r2"
+    record = state.load()
+    assert record["oldstable"] is None and record["history"][-1]["event"] == "retire"
+    assert not retire_slot(state)["changed"]
 
 
 def test_check_mode_switch_touches_nothing(tmp_path):
