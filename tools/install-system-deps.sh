@@ -24,6 +24,7 @@ declare -A WANT=(
   [shellcheck]=shellcheck
   [skopeo]=skopeo
   [curl]=curl
+  [chromium]=chromium
 )
 
 missing_pkgs=()

@@ -204,9 +204,8 @@ def main():
         fail_from(module, exc)
     except OSError as exc:
         module.fail_json(msg=f"switching {params['application']} to {params['release']} failed: {exc}", error_type="OSError")
-    result = {key: outcome[key] for key in ("changed", "from", "to", "pruned", "services", "oldstable", "oldstable_moved",
-                                                                  "oldstable_from")
-              if key in outcome}
+    keys = ("changed", "from", "to", "pruned", "services", "oldstable", "oldstable_moved", "oldstable_from")
+    result = {key: outcome[key] for key in keys if key in outcome}
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = {"before": f"{params['slot']}: {(outcome['from'] or {}).get('name')}\n",
                           "after": f"{params['slot']}: {(outcome['to'] or {}).get('name')}\n"}

@@ -92,6 +92,14 @@ def _retire(ansible, fleet, check=False):
                    extravars={"retire_application": SERVER, "retire_client_application": CLIENT})
 
 
+def _status(ansible, fleet, scope, tmp_path):
+    status = ansible(fleet.inventory_path, playbook=STATUS,
+                     extravars={"status_application": SERVER, "status_hosts": scope,
+                                "status_json_path": str(tmp_path / "m.json")})
+    assert status.rc == 0, status.stdout[-3000:]
+    return {row["node"]: row for row in json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))["nodes"]}
+
+
 @pytest.fixture
 def clean_apps(fleet):
     def wipe():
@@ -134,6 +142,9 @@ def test_server_keeps_oldstable_until_every_client_moves(registry, fleet, ansibl
     assert again.stats["changed"].get(server, 0) == 0, again.stdout[-3000:]
     assert _answer(address, "oldstable") == "lockserver 1.0 protocol 1"
 
+    # The status matrix shows both releases of the server.
+    assert _status(ansible, fleet, scope, tmp_path)[server]["oldstable"] == "1.0"
+
     # Every client is still on protocol 1: retire refuses and names them, in check mode too; nothing changes.
     for check in (True, False):
         refused = _retire(ansible, fleet, check=check)
@@ -169,14 +180,10 @@ def test_server_keeps_oldstable_until_every_client_moves(registry, fleet, ansibl
     assert fleet.ssh(server, f"systemctl is-enabled {SERVER}@oldstable", check=False).stdout.strip() != "enabled"
     record = json.loads(fleet.ssh(server, f"cat /etc/ansible/facts.d/sciops_fleet_{SERVER}.fact").stdout)
     assert record["oldstable"] is None and record["history"][-1]["event"] == "retire"
-    assert not fleet.ssh(server, f"test -e /var/lib/sciops-fleet/{SERVER}/oldstable", check=False).returncode == 0
+    assert fleet.ssh(server, f"test -e /var/lib/sciops-fleet/{SERVER}/oldstable", check=False).returncode != 0
 
     # The status matrix shows no oldstable any more; a second retire has nothing to do.
-    status = ansible(fleet.inventory_path, playbook=STATUS, extravars={"status_application": SERVER,
-                                                                        "status_hosts": scope,
-                                                                        "status_json_path": str(tmp_path / "m.json")})
-    assert status.rc == 0
-    rows = {row["node"]: row for row in json.loads((tmp_path / "m.json").read_text())["nodes"]}
+    rows = _status(ansible, fleet, scope, tmp_path)
     assert rows[server]["version"] == "2.0" and rows[server]["oldstable"] is None
     again = _retire(ansible, fleet)
     assert again.rc == 0 and "nothing to retire" in again.stdout

@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import tarfile
 import time
 
 import pytest
+
+import browser
 
 pytestmark = [pytest.mark.fleet, pytest.mark.registry]
 
@@ -209,6 +212,17 @@ def test_status_matrix_shows_versions_drift_and_unreachable_nodes(registry, flee
     html = (tmp_path / "matrix.html").read_text(encoding="utf-8")
     assert html.count("<tr") == len(fleet.names) + 1 and "unreachable" in html and "app/bin/greeter" in html
     assert "UNREACHABLE" in report.stdout and v1["release_id"][7:19] in report.stdout
+    # The page as a browser renders it: headless Chromium builds the table, and a screenshot is kept.
+    os.makedirs(browser.ARTIFACTS, exist_ok=True)
+    screenshot = os.path.join(browser.ARTIFACTS, "status-matrix.png")
+    dom = browser.render(tmp_path / "matrix.html", screenshot)
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", dom, flags=re.S)
+    cells = {re.sub(r"<[^>]+>", "", row.split("</td>")[0]).strip(): row for row in rows[1:]}
+    assert sorted(cells) == sorted(fleet.names), rows
+    assert "1.0.0" in cells["node1"] and "good" in cells["node1"] and "app/bin/greeter" in cells["node2"]
+    assert "unreachable" in cells["node6"]
+    width, height, distinct_rows = browser.png_summary(screenshot)
+    assert (width, height) == (1280, 800) and distinct_rows > 40, (width, height, distinct_rows)
 
 
 def test_killing_the_rollout_at_any_point_leaves_every_node_working(registry, fleet, ansible, run_module, tmp_path, clean_app):
