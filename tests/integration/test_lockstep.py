@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.fleet, pytest.mark.registry]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROLLOUT = os.path.join(REPO, "playbooks", "rollout.yml")
+ROLLBACK = os.path.join(REPO, "playbooks", "rollback.yml")
 RETIRE = os.path.join(REPO, "playbooks", "retire_oldstable.yml")
 STATUS = os.path.join(REPO, "playbooks", "status.yml")
 SERVER, CLIENT = "lockserver", "lockclient"
@@ -89,7 +90,7 @@ def _answer(address, slot):
 
 def _retire(ansible, fleet, check=False):
     return ansible(fleet.inventory_path, playbook=RETIRE, check=check,
-                   extravars={"retire_application": SERVER, "retire_client_application": CLIENT})
+                   extravars={"retire_oldstable_application": SERVER, "retire_oldstable_client_application": CLIENT})
 
 
 def _status(ansible, fleet, scope, tmp_path):
@@ -165,7 +166,7 @@ def test_server_keeps_oldstable_until_every_client_moves(registry, fleet, ansibl
     fleet.freeze(clients[2])
     try:
         refused = ansible(fleet.inventory_path, playbook=RETIRE, envvars={"ANSIBLE_TIMEOUT": "5"},
-                          extravars={"retire_application": SERVER, "retire_client_application": CLIENT})
+                          extravars={"retire_oldstable_application": SERVER, "retire_oldstable_client_application": CLIENT})
     finally:
         fleet.thaw(clients[2])
     assert refused.rc != 0 and f"unreachable, so not known to have moved: {clients[2]}" in refused.stdout
@@ -187,6 +188,14 @@ def test_server_keeps_oldstable_until_every_client_moves(registry, fleet, ansibl
     assert rows[server]["version"] == "2.0" and rows[server]["oldstable"] is None
     again = _retire(ansible, fleet)
     assert again.rc == 0 and "nothing to retire" in again.stdout
+
+    # Downgrade the server to a named release: its current instance serves 1.0 again.
+    back = ansible(fleet.inventory_path, playbook=ROLLBACK,
+                   extravars={"rollback_application": SERVER, "rollback_to": "1.0", "rollback_hosts": server,
+                              "rollback_service": SERVICE})
+    assert back.rc == 0, back.stdout[-4000:]
+    assert _answer(address, "current") == "lockserver 1.0 protocol 1"
+    assert _status(ansible, fleet, scope, tmp_path)[server]["version"] == "1.0"
 
 
 def test_a_failing_server_upgrade_reverts_current_and_oldstable(registry, fleet, ansible, run_module, tmp_path, clean_apps):
