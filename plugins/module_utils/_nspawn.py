@@ -164,6 +164,38 @@ def detect_format(path):
                        "set image_format if it is one of them")
 
 
+
+def extract_image(image, image_format, dest, run_tool, which, scratch_dir):
+    """Fill the empty directory DEST with IMAGE's tree (a directory, a tar archive or a squashfs image), owners,
+    modes and special files kept. A squashfs image needs unsquashfs, or squashfuse (mounted in a temporary
+    directory under SCRATCH_DIR and copied). RUN_TOOL(argv, what) raises on failure; WHICH(name) finds a tool."""
+    if image_format == "directory":
+        run_tool(["cp", "-a", "--", os.path.join(image, "."), dest], f"copying {image}")
+    elif image_format == "tar":
+        run_tool(["tar", "--extract", "--file", image, "--directory", dest, "--numeric-owner",
+                  "--preserve-permissions", "--same-owner"], f"extracting {image}")
+    elif which("unsquashfs"):
+        # unsquashfs creates the destination itself.
+        os.rmdir(dest)
+        run_tool([which("unsquashfs"), "-no-progress", "-dest", dest, image], f"unsquashfs {image}")
+    elif which("squashfuse"):
+        mountpoint = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.mnt-", dir=scratch_dir)
+        try:
+            run_tool([which("squashfuse"), image, mountpoint], f"squashfuse {image}")
+            try:
+                run_tool(["cp", "-a", "--", os.path.join(mountpoint, "."), dest], f"copying {image}")
+            finally:
+                unmount = which("fusermount3") or which("fusermount")
+                run_tool([unmount, "-u", mountpoint] if unmount else ["umount", mountpoint], f"unmounting {mountpoint}")
+        finally:
+            try:
+                os.rmdir(mountpoint)
+            except OSError:
+                pass
+    else:
+        raise MachineError(f"image {image} is a squashfs image, and this node has neither unsquashfs "
+                           "(squashfs-tools) nor squashfuse to read it; install one, or use a tarball")
+
 def file_digest(path):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -396,36 +428,7 @@ class Machine:
 
     def _extract(self, image, image_format, dest):
         """Fill the empty directory DEST with IMAGE's tree, owners, modes and special files kept."""
-        if image_format == "directory":
-            self.run_tool(["cp", "-a", "--", os.path.join(image, "."), dest], f"copying {image}")
-        elif image_format == "tar":
-            self.run_tool(["tar", "--extract", "--file", image, "--directory", dest, "--numeric-owner",
-                           "--preserve-permissions", "--same-owner"], f"extracting {image}")
-        elif self.which("unsquashfs"):
-            # unsquashfs creates the destination itself.
-            os.rmdir(dest)
-            self.run_tool([self.which("unsquashfs"), "-no-progress", "-dest", dest, image], f"unsquashfs {image}")
-        elif self.which("squashfuse"):
-            self._copy_from_squashfuse(image, dest)
-        else:
-            raise MachineError(f"image {image} is a squashfs image, and this node has neither unsquashfs "
-                               "(squashfs-tools) nor squashfuse to read it; install one, or use a tarball")
-
-    def _copy_from_squashfuse(self, image, dest):
-        mountpoint = tempfile.mkdtemp(prefix=f".{self.name}.mnt-", dir=self.params["machines_dir"])
-        try:
-            self.run_tool([self.which("squashfuse"), image, mountpoint], f"squashfuse {image}")
-            try:
-                self.run_tool(["cp", "-a", "--", os.path.join(mountpoint, "."), dest], f"copying {image}")
-            finally:
-                unmount = self.which("fusermount3") or self.which("fusermount")
-                self.run_tool([unmount, "-u", mountpoint] if unmount else ["umount", mountpoint],
-                              f"unmounting {mountpoint}")
-        finally:
-            try:
-                os.rmdir(mountpoint)
-            except OSError:
-                pass
+        extract_image(image, image_format, dest, self.run_tool, self.which, self.params["machines_dir"])
 
     # ------------------------------------------------------------------------------------------
     def _remove(self):

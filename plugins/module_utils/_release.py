@@ -19,7 +19,8 @@ Schema version 1 (``docs/releases.md`` documents every field)::
     artifacts:
       - name: bin
         reference: registry.example.org/build/qserv-bin@sha256:...
-        install: files        # files | extract | squashfs
+        install: files        # files | extract | squashfs | mount | unpack
+        mount_point: /opt/envs/qserv   # mount and unpack: a link to current/<name> on the node
     configs:
       - source: bin/qserv.conf.in
         dest: etc/qserv.conf
@@ -46,7 +47,9 @@ SCHEMA_VERSION = 1
 RELEASE_ARTIFACT_TYPE = "application/vnd.sciops.fleet.release.v1+json"
 RELEASE_FILE = "release.json"
 RELEASE_SOURCE_FILE = "release.yaml"
-INSTALL_KINDS = ("files", "extract", "squashfs")
+INSTALL_KINDS = ("files", "extract", "squashfs", "mount", "unpack")
+# Environment images (sciops.fleet.env_build): mounted read-only in the release, or unpacked into it.
+IMAGE_KINDS = ("mount", "unpack")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -54,7 +57,7 @@ _VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+~_-]{0,63}$")
 _VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOP_KEYS = ("schema_version", "application", "version", "protocol", "role", "description", "artifacts", "configs",
              "services", "requires", "health")
-_ARTIFACT_KEYS = ("name", "reference", "digest", "install", "description")
+_ARTIFACT_KEYS = ("name", "reference", "digest", "install", "description", "mount_point")
 _CONFIG_KEYS = ("source", "dest", "vars", "mode")
 _REQUIRES_KEYS = ("arch", "os_family", "disk_mb", "memory_mb", "commands", "kernel")
 _HEALTH_KINDS = ("command", "tcp", "http")
@@ -192,7 +195,20 @@ def validate_release(data, source="(given)"):
         install = item.get("install", "files")
         if install not in INSTALL_KINDS:
             check.add(f"{field}.install", f"{install!r} is not one of {', '.join(INSTALL_KINDS)}")
-        artifacts.append({"name": name, "reference": reference, "digest": digest, "install": install})
+        entry = {"name": name, "reference": reference, "digest": digest, "install": install}
+        mount_point = item.get("mount_point")
+        if mount_point is not None:
+            if install not in IMAGE_KINDS:
+                check.add(f"{field}.mount_point", f"only an environment image has a mount point; set install to "
+                          f"{' or '.join(IMAGE_KINDS)}, or remove mount_point")
+            elif (not isinstance(mount_point, str) or not mount_point.startswith("/") or ".." in mount_point.split("/")
+                  or mount_point.rstrip("/") in ("", "/usr", "/etc", "/var", "/opt", "/bin", "/lib")):
+                check.add(f"{field}.mount_point", f"{mount_point!r} must be an absolute path of its own, without '..', "
+                          "such as the image's mount (meta/env.json), e.g. /opt/envs/qserv")
+            else:
+                # Only when given: releases written without it keep their canonical form, hence their id.
+                entry["mount_point"] = mount_point.rstrip("/")
+        artifacts.append(entry)
     release["artifacts"] = artifacts
 
     configs, dests = [], set()

@@ -41,8 +41,11 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import Oc
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file, is_digest, parse_reference
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import Descriptor
 from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import load_manifest, pull_artifact
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd_unit import UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._nspawn import detect_format, extract_image
 from ansible_collections.sciops.fleet.plugins.module_utils._release import (
     ARCHIVE_SUFFIXES,
+    IMAGE_KINDS,
     RELEASE_FILE,
     ReleaseError,
     health_kind,
@@ -55,6 +58,9 @@ DEFAULT_FACTS_DIR = "/etc/ansible/facts.d"
 DEFAULT_CACHE_DIR = "/var/cache/sciops-fleet"
 HISTORY_LIMIT = 100
 FILES_RECORD = ".sciops-files.json"
+MOUNTS_RECORD = ".sciops-mounts.json"
+IMAGES_DIR = ".images"
+UNIT_DIR = "/etc/systemd/system"
 SLOTS = ("current", "oldstable")
 
 
@@ -245,19 +251,21 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
     final = state.release_path(name)
     outcome = {"name": name, "path": final, "changed": False, "artifacts": [], "transfer": {"bytes_downloaded": 0, "blobs_downloaded": 0}}
     if state.is_installed(name):
+        outcome["changed"] = activate_images(state, release, final, check_mode=check_mode)
         return outcome
     outcome["changed"] = True
     if check_mode:
         return outcome
     with state.lock():
         if state.is_installed(name):
-            outcome["changed"] = False
+            outcome["changed"] = activate_images(state, release, final)
             return outcome
         staging = os.path.join(state.releases_dir, f".{name}.staging")
         # A staging tree under the lock is what an interrupted install left: start it over.
         shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging)
         cache = BlobCache(cache_dir) if cache_dir else None
+        mounts = []
         for artifact in release["artifacts"]:
             reference = parse_reference(artifact["reference"])
             store = open_store(reference, **registry_options)
@@ -269,6 +277,8 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
                     if item["name"].endswith(ARCHIVE_SUFFIXES):
                         _extract(item["path"], dest)
                         os.unlink(item["path"])
+            elif artifact["install"] in IMAGE_KINDS:
+                mounts.extend(_place_image(staging, final, artifact, pulled["files"], str(reference)))
             for key in ("bytes_downloaded", "blobs_downloaded"):
                 outcome["transfer"][key] += store.stats.get(key, 0)
             outcome["artifacts"].append({"name": artifact["name"], "digest": artifact["digest"],
@@ -288,17 +298,156 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             atomic_write(dest, _render(text, merged, where).encode("utf-8"), mode=int(config["mode"], 8))
         atomic_write(os.path.join(staging, RELEASE_FILE), (json.dumps(release, indent=2, sort_keys=True) + "\n").encode())
+        if mounts:
+            atomic_write(os.path.join(staging, MOUNTS_RECORD), (json.dumps(mounts, indent=2, sort_keys=True) + "\n").encode())
         files = _record_files(staging)
         atomic_write(os.path.join(staging, FILES_RECORD), json.dumps({"digest": digest, "files": files}, sort_keys=True).encode())
         if os.path.exists(final):  # a directory without the files record is an unfinished copy
+            deactivate_images(final)
             shutil.rmtree(final)
         os.rename(staging, final)
         fsync_dir(state.releases_dir)
+        activate_images(state, release, final)
         record = state.load()
         record["releases"][name] = {"digest": digest, "version": release["version"], "protocol": release["protocol"],
                                     "role": release["role"], "installed_at": now(), "status": "installed"}
         state.save(record)
     return outcome
+
+
+# -- environment images ---------------------------------------------------------------------------
+
+
+def _run(argv, what):
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=dict(os.environ, LC_ALL="C"))
+    except OSError as exc:
+        raise OciError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from None
+    if proc.returncode != 0:
+        raise OciError(f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+def mount_type():
+    """``(type, options)`` of a read-only squashfs mount on this node: the kernel's through a loop device where
+    there are loop devices, else squashfuse through FUSE (containers, such as the test nodes, have no loop devices)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/filesystems", encoding="utf-8") as handle:
+            kernel = any(line.split()[-1] == "squashfs" for line in handle if line.strip())
+        if kernel and os.path.exists("/dev/loop-control"):
+            return "squashfs", "ro,loop,nodev"
+    if shutil.which("squashfuse") and os.path.exists("/dev/fuse"):
+        return "fuse.squashfuse", "ro,nodev,allow_other"
+    raise OciError("this node can mount a squashfs image neither with a loop device (no /dev/loop-control or no "
+                   "squashfs file system) nor with squashfuse (not installed, or no /dev/fuse); install squashfuse "
+                   "and fuse3, or install the artifact with install: unpack")
+
+
+def _place_image(staging, final, artifact, files, where):
+    """Put the environment image of ARTIFACT (pulled into staging/<name>/) in place: unpacked into staging/<name>/,
+    or kept under .images/ with staging/<name>/ left empty as its mount point. Returns the mounts to record."""
+    images = [f for f in files if not f["name"].endswith((".json", ".txt"))]
+    if len(images) != 1:
+        raise OciError(f"artifact {artifact['name']} ({where}) must hold exactly one environment image "
+                       f"(squashfs or tar archive); it holds {', '.join(f['name'] for f in files) or 'nothing'}")
+    image = images[0]["path"]
+    try:
+        image_format = detect_format(image)
+    except UnitError as exc:
+        raise OciError(f"artifact {artifact['name']} ({where}): {exc}") from None
+    dest = os.path.join(staging, artifact["name"])
+    holding = os.path.join(staging, IMAGES_DIR)
+    os.makedirs(holding, exist_ok=True)
+    kept = os.path.join(holding, f"{artifact['name']}.{'squashfs' if image_format == 'squashfs' else 'tar'}")
+    os.rename(image, kept)
+    for item in files:  # metadata pulled beside the image stays out of the mount point
+        if item is not images[0] and os.path.exists(item["path"]):
+            os.rename(item["path"], os.path.join(holding, f"{artifact['name']}.{item['name'].replace('/', '_')}"))
+    if artifact["install"] == "unpack" or image_format != "squashfs":
+        try:
+            extract_image(kept, image_format, dest, _run, shutil.which, staging)
+        except UnitError as exc:
+            raise OciError(f"artifact {artifact['name']} ({where}): {exc}") from None
+        if not os.path.isdir(dest):
+            os.makedirs(dest)
+        os.unlink(kept)
+        return []
+    fs_type, options = mount_type()
+    where_final = os.path.join(final, artifact["name"])
+    unit = _run(["systemd-escape", "--path", "--suffix=mount", where_final], "systemd-escape").strip()
+    return [{"name": artifact["name"], "unit": unit, "what": os.path.join(final, IMAGES_DIR, os.path.basename(kept)),
+             "where": where_final, "type": fs_type, "options": options}]
+
+
+def _read_mounts(release_dir):
+    try:
+        with open(os.path.join(release_dir, MOUNTS_RECORD), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return []
+
+
+def activate_images(state, release, release_dir, check_mode=False):
+    """Mount the release's images (an enabled systemd .mount unit each) and link each artifact's mount_point to
+    ``<app>/current/<name>``. True when something was (or would be) changed."""
+    changed = False
+    for mount in _read_mounts(release_dir):
+        path = os.path.join(UNIT_DIR, mount["unit"])
+        text = (f"# sciops.fleet: environment image {mount['name']} of {state.app}, release {os.path.basename(release_dir)}\n"
+                f"[Unit]\nDescription=sciops.fleet {state.app} {mount['name']} ({os.path.basename(release_dir)})\n"
+                f"After=local-fs.target\n\n[Mount]\nWhat={mount['what']}\nWhere={mount['where']}\n"
+                f"Type={mount['type']}\nOptions={mount['options']}\n\n[Install]\nWantedBy=multi-user.target\n")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                same = handle.read() == text
+        except OSError:
+            same = False
+        active = subprocess.run(["systemctl", "is-active", "--quiet", mount["unit"]], check=False).returncode == 0
+        if same and active:
+            continue
+        changed = True
+        if check_mode:
+            continue
+        if not same:
+            atomic_write(path, text.encode("utf-8"), mode=0o644)
+            _run(["systemctl", "daemon-reload"], "systemctl daemon-reload")
+        try:
+            _run(["systemctl", "enable", "--now", mount["unit"]], f"mounting {mount['what']} at {mount['where']}")
+        except OciError as exc:
+            journal = subprocess.run(["journalctl", "-u", mount["unit"], "-n", "10", "--no-pager", "-q"],
+                                     capture_output=True, text=True, check=False).stdout.strip()
+            raise OciError(f"{exc}; journal: {journal.replace(chr(10), ' | ')}") from None
+    for artifact in release["artifacts"]:
+        if not artifact.get("mount_point"):
+            continue
+        link, target = artifact["mount_point"], os.path.join(state.app_dir, "current", artifact["name"])
+        if os.path.islink(link) and os.readlink(link) == target:
+            continue
+        if os.path.lexists(link) and not os.path.islink(link):
+            raise OciError(f"mount_point {link} of artifact {artifact['name']} exists and is not a link; "
+                           f"move it away so that it can point to {target}")
+        changed = True
+        if check_mode:
+            continue
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        tmp = f"{link}.tmp-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+        fsync_dir(os.path.dirname(link))
+    return changed
+
+
+def deactivate_images(release_dir):
+    """Stop, disable and remove the mount units of the release in RELEASE_DIR (before it is removed)."""
+    mounts = _read_mounts(release_dir)
+    for mount in mounts:
+        subprocess.run(["systemctl", "disable", "--now", mount["unit"]], capture_output=True, check=False)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(UNIT_DIR, mount["unit"]))
+    if mounts:
+        subprocess.run(["systemctl", "daemon-reload"], capture_output=True, check=False)
 
 
 # -- switch and prune ---------------------------------------------------------------------------
@@ -419,6 +568,7 @@ def retire_slot(state, slot="oldstable", keep=3, protect=(), reason="retire", ch
 def _prune(state, record, keep, protect, pending, outcome):
     """Remove what _prune_plan names (under the lock), noting it in OUTCOME."""
     for victim in _prune_plan(state, record, keep, protect, pending):
+        deactivate_images(state.release_path(victim))
         shutil.rmtree(state.release_path(victim), ignore_errors=True)
         record["releases"].pop(victim, None)
         outcome["pruned"].append(victim)
@@ -613,7 +763,8 @@ def drift(state, name):
         elif "%04o" % (os.stat(path).st_mode & 0o7777) != entry["mode"]:
             changed.append(relative)
     added = []
-    for base, _dirs, names in os.walk(root):
+    for base, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not os.path.ismount(os.path.join(base, d))]  # a mounted image is read-only
         for file_name in names:
             relative = os.path.relpath(os.path.join(base, file_name), root)
             if relative not in seen and relative != FILES_RECORD:
