@@ -799,6 +799,39 @@ def _install(scratch_result, dest, image_format, scratch):
     fsync_dir(os.path.dirname(dest))
 
 
+def read_member(dest, image_format, member):
+    """The bytes of MEMBER (e.g. meta/env.json) of the image at DEST."""
+    if image_format == "directory":
+        with open(os.path.join(dest, member), "rb") as handle:
+            return handle.read()
+    if image_format == "squashfs":
+        argv = [require_tool("unsquashfs", "reading the image's metadata needs it", "squashfs-tools"), "-cat", dest, member]
+    else:
+        argv = ["tar", "--zstd", "-xOf", dest, member]
+    proc = subprocess.run(argv, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise EnvBuildError(f"cannot read {member} of {dest}: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+def export_meta(dest, image_format, directory):
+    """Copy the image's env.json, manifest.json and provenance.json into DIRECTORY (for attaching them)."""
+    os.makedirs(directory, exist_ok=True)
+    paths = {}
+    for member in (ENV_FILE, MANIFEST_FILE, PROVENANCE_FILE):
+        target = os.path.join(directory, os.path.basename(member))
+        data = read_member(dest, image_format, member)
+        try:
+            with open(target, "rb") as handle:
+                same = handle.read() == data
+        except OSError:
+            same = False
+        if not same:
+            atomic_write(target, data, mode=0o644)
+        paths[os.path.basename(member).split(".")[0]] = target
+    return paths
+
+
 def build(recipe_path, dest, image_format="squashfs", compression="zstd", level=None, block_size="1M",
           source_date_epoch=None, processors=None, force=False, check_mode=False):
     """Build RECIPE_PATH into DEST; return a result dict (changed, sha256, size, meta, ...).

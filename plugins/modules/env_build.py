@@ -88,6 +88,11 @@ options:
       - Build even when the image is up to date.
     type: bool
     default: false
+  export_meta:
+    description:
+      - A directory on the build host to copy the image's C(env.json), C(manifest.json) and C(provenance.json) into,
+        for attaching them to the pushed image. Created when missing. Not done in check mode.
+    type: path
 requirements:
   - mksquashfs (squashfs-tools) for C(squashfs); zstd for C(tar.zst); ldd and patchelf for C(tree.closure); the
     recipe's Python for C(venv); spack for C(spack).
@@ -191,6 +196,11 @@ tools:
   returned: when the image exists
   type: dict
   sample: {"mksquashfs": "mksquashfs version 4.5.1 (2022/03/17)", "patchelf": "patchelf 0.14.3"}
+exported:
+  description: The files written by O(export_meta), by kind (C(env), C(manifest), C(provenance)).
+  returned: when O(export_meta) is given, outside check mode
+  type: dict
+  sample: {"env": "/srv/build/meta/env.json", "manifest": "/srv/build/meta/manifest.json"}
 seconds:
   description: How long the module took.
   returned: when the image exists
@@ -200,7 +210,7 @@ seconds:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._env_build import EnvBuildError, RecipeError, build
+from ansible_collections.sciops.fleet.plugins.module_utils._env_build import EnvBuildError, RecipeError, build, export_meta
 
 ARGUMENT_SPEC = {
     "recipe": {"type": "path", "required": True},
@@ -212,6 +222,7 @@ ARGUMENT_SPEC = {
     "source_date_epoch": {"type": "int"},
     "processors": {"type": "int"},
     "force": {"type": "bool", "default": False},
+    "export_meta": {"type": "path"},
 }
 
 
@@ -223,6 +234,8 @@ def main():
                        level=params["compression_level"], block_size=params["block_size"],
                        source_date_epoch=params["source_date_epoch"], processors=params["processors"],
                        force=params["force"], check_mode=module.check_mode)
+        if params["export_meta"] and not module.check_mode:
+            result["exported"] = export_meta(result["path"], result["format"], params["export_meta"])
     except (RecipeError, EnvBuildError) as exc:
         module.fail_json(msg=str(exc), recipe=params["recipe"], dest=params["dest"])
     before = result.pop("before_sha256", None)

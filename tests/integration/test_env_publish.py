@@ -1,0 +1,73 @@
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""sciops.fleet.build_env against the real registry: build, push, attach metadata, test mounted, promote on pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+import envkit
+
+pytestmark = [pytest.mark.registry,
+              pytest.mark.skipif(not (shutil.which("mksquashfs") and shutil.which("squashfuse")),
+                                 reason="needs mksquashfs and squashfuse")]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLAYBOOK = os.path.join(REPO, "playbooks", "build_env.yml")
+
+
+def _inventory(tmp_path):
+    path = tmp_path / "inventory.yml"
+    path.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+                    "      ansible_python_interpreter: \"{{ ansible_playbook_python }}\"\n")
+    return str(path)
+
+
+def _run(ansible, tmp_path, registry, name, test_command):
+    mount = tmp_path / f"mnt-{name}"
+    recipe = envkit.greeter_recipe(tmp_path, closure=True, extra={"mount": str(mount), "name": name},
+                                   name=f"{name}.yaml")
+    extravars = {"build_env_recipe": str(recipe), "build_env_dest": str(tmp_path / f"{name}.squashfs"),
+                 "build_env_build_repository": f"{registry.host}/build/{name}",
+                 "build_env_deploy_repository": f"{registry.host}/deploy/{name}", "build_env_tags": ["stable"],
+                 "build_env_test_command": test_command, "build_env_plain_http": True}
+    return ansible(_inventory(tmp_path), playbook=PLAYBOOK, extravars=extravars), mount
+
+
+def _referrers(run_module, registry, reference):
+    found = run_module("oras_discover", subject=reference, plain_http=True, fetch_content=True)
+    assert not found.get("failed"), found
+    return found["referrers"]
+
+
+def test_a_passing_image_is_published_with_its_metadata_and_promoted(ansible, registry, run_module, tmp_path):
+    run, mount = _run(ansible, tmp_path, registry, "greeter", "bin/greeter ci | grep -q 'hello from libgreet 1, ci'")
+    assert run.rc == 0, run
+    assert not os.path.ismount(mount)  # unmounted after the test
+    info = run_module("oras_info", reference=f"{registry.host}/deploy/greeter:stable", plain_http=True)
+    built = run_module("oras_info", reference=f"{registry.host}/build/greeter:1.0.0", plain_http=True)
+    assert info["digest"] == built["digest"]
+    referrers = _referrers(run_module, registry, f"{registry.host}/deploy/greeter:1.0.0")
+    kinds = sorted(r["artifact_type"] for r in referrers)
+    assert kinds == ["application/vnd.sciops.fleet.env.meta.v1+json", "application/vnd.sciops.fleet.env.test-result.v1+json"]
+    texts = json.dumps(referrers)
+    assert '\\"mount\\": \\"' + str(mount) in texts or str(mount) in texts
+    assert '\\"passed\\": true' in texts or '"passed": true' in texts
+
+    again, _mount = _run(ansible, tmp_path, registry, "greeter", "bin/greeter ci | grep -q 'hello from libgreet 1, ci'")
+    assert again.rc == 0, again
+    assert sum(again.stats.get("changed", {}).values()) == 0, again.stdout[-3000:]
+
+
+def test_a_failing_image_gets_its_result_attached_and_is_not_promoted(ansible, registry, run_module, tmp_path):
+    run, mount = _run(ansible, tmp_path, registry, "broken", "bin/greeter ci | grep -q 'goodbye'")
+    assert run.rc != 0 and "failed (exit 1)" in run.stdout and "it is not promoted" in run.stdout
+    assert not os.path.ismount(mount)
+    promoted = run_module("oras_info", reference=f"{registry.host}/deploy/broken:1.0.0", plain_http=True)
+    assert promoted.get("failed") or not promoted.get("digest") or promoted.get("exists") is False, promoted
+    referrers = _referrers(run_module, registry, f"{registry.host}/build/broken:1.0.0")
+    assert any(r["artifact_type"].endswith("test-result.v1+json") for r in referrers)
