@@ -33,6 +33,7 @@ scratch directory beside the destination and is renamed into place whole; a fail
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -45,7 +46,7 @@ import tarfile
 import tempfile
 import time
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir, link_unsupported
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file
 from ansible_collections.sciops.fleet.plugins.module_utils._release import _NAME_RE, _VERSION_RE, _Checker
 
@@ -377,9 +378,22 @@ def mksquashfs_argv(source, image, compression="zstd", level=None, block_size=10
 # -- inputs ---------------------------------------------------------------------------------------
 
 
+_DIGESTS = {}
+
+
+def _file_sha256(path, info):
+    """sha256 hex of a file, remembered by its identity: a file hard-linked into the build tree is read once."""
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)  # not ctime: linking changes it
+    if key not in _DIGESTS:
+        _DIGESTS[key] = digest_file(path)[0].split(":", 1)[1]
+    return _DIGESTS[key]
+
+
 def tree_entries(root):
-    """Every entry below ROOT, sorted: ``(relative path, kind, mode, size, sha256 or link target)``."""
-    entries = []
+    """Every entry below ROOT, sorted: ``(relative path, kind, mode, size, sha256 or link target)``.
+
+    Files are hashed on a few threads (hashlib lets go of the interpreter lock), each file once per build."""
+    entries, files = [], []
     for base, dirs, names in os.walk(root):
         dirs.sort()
         for name in sorted(dirs + names):
@@ -392,10 +406,15 @@ def tree_entries(root):
             elif stat.S_ISDIR(info.st_mode):
                 entries.append((relative, "dir", mode, 0, ""))
             elif stat.S_ISREG(info.st_mode):
-                entries.append((relative, "file", mode, info.st_size, digest_file(path)[0].split(":", 1)[1]))
+                files.append((relative, path, mode, info))
             else:
                 raise EnvBuildError(f"{path} is a device, socket or fifo; an environment image holds files, "
                                     "directories and links only; remove it from the tree")
+    workers = min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        digests = list(pool.map(lambda item: _file_sha256(item[1], item[3]), files))
+    for (relative, _path, mode, info), digest in zip(files, digests):
+        entries.append((relative, "file", mode, info.st_size, digest))
     return sorted(entries)
 
 
@@ -511,8 +530,11 @@ def add_closure(root, tree):
 # -- backends -------------------------------------------------------------------------------------
 
 
-def copy_tree(source, dest):
-    """Copy SOURCE into DEST (which exists) with links kept as links and modes kept."""
+def copy_tree(source, dest, hard_links=False, copy=()):
+    """Copy SOURCE into DEST (which exists) with links kept as links and modes kept.
+
+    With HARD_LINKS, files are hard-linked where the file system allows (nothing reads their bytes twice), except
+    those named in COPY, which a later step changes."""
     for relative, kind, mode, _size, target in tree_entries(source):
         src, dst = os.path.join(source, relative), os.path.join(dest, relative)
         if kind == "dir":
@@ -521,13 +543,23 @@ def copy_tree(source, dest):
         elif kind == "link":
             os.symlink(target, dst)
         else:
+            if hard_links and relative not in copy:
+                try:
+                    os.link(src, dst)
+                    continue
+                except OSError as exc:
+                    if not link_unsupported(exc):
+                        raise
+                    hard_links = False
             shutil.copyfile(src, dst)
             os.chmod(dst, mode)
 
 
-def build_tree(recipe, root):
+def build_tree(recipe, root, hard_links):
     tree = recipe["tree"]
-    copy_tree(tree["_source"], root)
+    # ELF files are patched in place by the closure step: those are copied, never linked to the source.
+    patched = set(elf_files(tree["_source"])) if tree["closure"] else set()
+    copy_tree(tree["_source"], root, hard_links=hard_links, copy=patched)
     return {"libraries": add_closure(root, tree) if tree["closure"] else []}
 
 
@@ -875,7 +907,8 @@ def build(recipe_path, dest, image_format="squashfs", compression="zstd", level=
         os.chmod(root, 0o755)
         outcome = {"libraries": [], "tools": {}}
         if recipe["backend"] == "tree":
-            outcome.update(build_tree(recipe, root))
+            # mksquashfs and tar take owners and times from their options; the files themselves stay as they are.
+            outcome.update(build_tree(recipe, root, hard_links=image_format != "directory"))
         elif recipe["backend"] == "venv":
             outcome.update(build_venv(recipe, root, epoch))
         else:
@@ -894,7 +927,8 @@ def build(recipe_path, dest, image_format="squashfs", compression="zstd", level=
                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)),
                       "tools": dict(sorted(tools.items())), "libraries": outcome["libraries"]}
         manifest = write_meta(root, recipe, provenance)
-        fix_times(root, epoch)
+        if image_format == "directory":
+            fix_times(root, epoch)
         built = root
         if image_format == "squashfs":
             built = os.path.join(scratch, "image.squashfs")

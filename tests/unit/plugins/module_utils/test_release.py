@@ -304,3 +304,20 @@ def test_previous_and_versions_name_installed_releases(tmp_path):
     assert choose_release(state, record, "r3") == _digest(3)  # the test's versions are the names
     with pytest.raises(OciError, match="9.9 is not installed on this node"):
         choose_release(state, record, "9.9")
+
+
+def test_environment_images_are_mounted_or_unpacked_at_their_mount_point():
+    from ansible_collections.sciops.fleet.plugins.module_utils._release import ReleaseError, validate_release
+    digest = "sha256:" + "a" * 64
+    base = {"schema_version": 1, "application": "env", "version": "1.0", "protocol": "1"}
+    good = validate_release(dict(base, artifacts=[
+        {"name": "env", "reference": f"r.example/build/env@{digest}", "install": "mount", "mount_point": "/opt/envs/env/"}]))
+    assert good["artifacts"][0]["mount_point"] == "/opt/envs/env" and good["artifacts"][0]["install"] == "mount"
+    plain = validate_release(dict(base, artifacts=[{"name": "bin", "reference": f"r.example/b@{digest}"}]))
+    assert "mount_point" not in plain["artifacts"][0]  # older releases keep their canonical form and id
+    with pytest.raises(ReleaseError) as caught:
+        validate_release(dict(base, artifacts=[
+            {"name": "a", "reference": f"r.example/a@{digest}", "install": "files", "mount_point": "/opt/a"},
+            {"name": "b", "reference": f"r.example/b@{digest}", "install": "unpack", "mount_point": "opt/b"}]))
+    assert "artifacts[0].mount_point: only an environment image has a mount point" in str(caught.value)
+    assert "artifacts[1].mount_point: 'opt/b' must be an absolute path" in str(caught.value)

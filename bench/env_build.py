@@ -1,0 +1,127 @@
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""env_build of a large tree against mksquashfs run directly with the same options, side by side; then the
+squashfs compressors (zstd, gzip, xz) by size and time.
+
+    .venv/bin/python bench/env_build.py [--size-mib 500] [--rounds 3] [--compression-rounds 1] [--dir /var/tmp]
+
+The tree is half text-like data (compressible, as source trees and scripts are) and half random bytes (as
+compressed data files are), in files of 64 KiB to 8 MiB. The module runs as Ansible runs it (a Python process
+with its arguments in a file), with force set so that every round builds; mksquashfs gets the very command line
+the module uses (fixed times, root owners, no xattrs) on the same tree. Rounds alternate between the two, with
+a warm page cache for both. Prints Markdown tables for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+COLLECTIONS = os.path.join(REPO, "build", "collections")
+sys.path.insert(0, COLLECTIONS)
+
+from ansible_collections.sciops.fleet.plugins.module_utils._env_build import (  # noqa: E402  pylint: disable=wrong-import-position
+    mksquashfs_argv,
+)
+
+WORDS = ("the", "node", "release", "image", "squashfs", "library", "environment", "mount", "digest", "batch",
+         "rollout", "spack", "compiler", "view", "path", "hdf5", "mpi", "solver", "mesh", "kernel")
+
+
+def make_tree(root, size_mib, seed=7):
+    rng = random.Random(seed)
+    total, target, index = 0, size_mib * 1024 * 1024, 0
+    while total < target:
+        size = min(rng.choice((64, 256, 1024, 4096, 8192)) * 1024, target - total)
+        directory = os.path.join(root, f"d{index % 16:02d}")
+        os.makedirs(directory, exist_ok=True)
+        if index % 2:
+            data = rng.randbytes(size)
+        else:
+            line = " ".join(rng.choice(WORDS) for _ in range(12)).encode() + b"\n"
+            data = (line * (size // len(line) + 1))[:size]
+            data = bytes(b ^ (i % 7 == 0 and rng.random() < 0.01) for i, b in enumerate(data[:4096])) + data[4096:]
+        with open(os.path.join(directory, f"f{index:05d}.dat"), "wb") as handle:
+            handle.write(data)
+        total += size
+        index += 1
+    return index
+
+
+def run_module(args, tmp):
+    path = os.path.join(tmp, "args.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "ansible_collections.sciops.fleet.plugins.modules.env_build", path],
+                          capture_output=True, text=True, check=False, env=dict(os.environ, PYTHONPATH=COLLECTIONS))
+    seconds = time.monotonic() - started
+    result = json.loads(proc.stdout)
+    if result.get("failed"):
+        raise SystemExit(f"env_build failed: {result['msg']}")
+    return seconds, result
+
+
+def run_direct(argv):
+    started = time.monotonic()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.monotonic() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compression-rounds", type=int, default=1)
+    parser.add_argument("--dir", default="/var/tmp")
+    options = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="env-bench-", dir=options.dir)
+    try:
+        stage = os.path.join(work, "stage")
+        files = make_tree(stage, options.size_mib)
+        recipe = os.path.join(work, "recipe.yaml")
+        with open(recipe, "w", encoding="utf-8") as handle:
+            json.dump({"name": "bench", "version": "1.0.0", "mount": "/opt/envs/bench", "backend": "tree",
+                       "tree": {"source": "stage"}}, handle)
+        print(f"tree: {options.size_mib} MiB in {files} files; nproc {os.cpu_count()}", file=sys.stderr)
+        module_times, direct_times, image_size = [], [], None
+        for _round in range(options.rounds):
+            seconds, result = run_module({"recipe": recipe, "dest": os.path.join(work, "module.squashfs"), "force": True}, work)
+            module_times.append(seconds)
+            image_size = result["size"]
+            direct = os.path.join(work, "direct.squashfs")
+            direct_times.append(run_direct(mksquashfs_argv(stage, direct, "zstd", None, 1024 * 1024, 0)))
+        module_median, direct_median = statistics.median(module_times), statistics.median(direct_times)
+        print("| build | median s | rounds (s) | image MiB |")
+        print("|---|---:|---|---:|")
+        print(f"| mksquashfs directly | {direct_median:.2f} | {', '.join(f'{t:.2f}' for t in direct_times)} | "
+              f"{os.path.getsize(os.path.join(work, 'direct.squashfs')) / 1048576:.1f} |")
+        print(f"| env_build | {module_median:.2f} | {', '.join(f'{t:.2f}' for t in module_times)} | {image_size / 1048576:.1f} |")
+        print(f"\noverhead ratio (env_build / mksquashfs, medians): {module_median / direct_median:.3f}\n")
+        print("| compression | median s | image MiB | ratio to tree |")
+        print("|---|---:|---:|---:|")
+        for compression in ("zstd", "gzip", "xz"):
+            times = []
+            for _round in range(options.compression_rounds):
+                seconds, result = run_module({"recipe": recipe, "dest": os.path.join(work, f"{compression}.squashfs"),
+                                              "compression": compression, "force": True}, work)
+                times.append(seconds)
+            size = result["size"]
+            print(f"| {compression} | {statistics.median(times):.2f} | {size / 1048576:.1f} | "
+                  f"{size / (options.size_mib * 1048576):.3f} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
