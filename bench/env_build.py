@@ -48,10 +48,9 @@ def make_tree(root, size_mib, seed=7):
         if index % 2:
             data = rng.randbytes(size)
         else:
-            line = " ".join(rng.choice(WORDS) for _ in range(12)).encode() + b"\n"
+            line = " ".join(rng.choice(WORDS) for _word in range(12)).encode() + b"\n"
             data = (line * (size // len(line) + 1))[:size]
-            data = bytes(b ^ (i % 7 == 0 and rng.random() < 0.01) for i, b in enumerate(data[:4096])) + data[4096:]
-        with open(os.path.join(directory, f"f{index:05d}.dat"), "wb") as handle:
+                    with open(os.path.join(directory, f"f{index:05d}.dat"), "wb") as handle:
             handle.write(data)
         total += size
         index += 1
@@ -95,7 +94,7 @@ def main():
                        "tree": {"source": "stage"}}, handle)
         print(f"tree: {options.size_mib} MiB in {files} files; nproc {os.cpu_count()}", file=sys.stderr)
         module_times, direct_times, image_size = [], [], None
-        for _round in range(options.rounds):
+        for _attempt in range(options.rounds):
             seconds, result = run_module({"recipe": recipe, "dest": os.path.join(work, "module.squashfs"), "force": True}, work)
             module_times.append(seconds)
             image_size = result["size"]
@@ -112,7 +111,7 @@ def main():
         print("|---|---:|---:|---:|")
         for compression in ("zstd", "gzip", "xz"):
             times = []
-            for _round in range(options.compression_rounds):
+            for _attempt in range(options.compression_rounds):
                 seconds, result = run_module({"recipe": recipe, "dest": os.path.join(work, f"{compression}.squashfs"),
                                               "compression": compression, "force": True}, work)
                 times.append(seconds)

@@ -164,7 +164,6 @@ def detect_format(path):
                        "set image_format if it is one of them")
 
 
-
 def extract_image(image, image_format, dest, run_tool, which, scratch_dir):
     """Fill the empty directory DEST with IMAGE's tree (a directory, a tar archive or a squashfs image), owners,
     modes and special files kept. A squashfs image needs unsquashfs, or squashfuse (mounted in a temporary
@@ -195,6 +194,7 @@ def extract_image(image, image_format, dest, run_tool, which, scratch_dir):
     else:
         raise MachineError(f"image {image} is a squashfs image, and this node has neither unsquashfs "
                            "(squashfs-tools) nor squashfuse to read it; install one, or use a tarball")
+
 
 def file_digest(path):
     digest = hashlib.sha256()
