@@ -48,9 +48,10 @@ def make_tree(root, size_mib, seed=7):
         if index % 2:
             data = rng.randbytes(size)
         else:
-            line = " ".join(rng.choice(WORDS) for _word in range(12)).encode() + b"\n"
-            data = (line * (size // len(line) + 1))[:size]
-                    with open(os.path.join(directory, f"f{index:05d}.dat"), "wb") as handle:
+            # Text-like: a page of random lines of words, repeated (compresses about as source code does).
+            page = "".join(" ".join(rng.choice(WORDS) for _word in range(12)) + "\n" for _line in range(800)).encode()
+            data = (page * (size // len(page) + 1))[:size]
+        with open(os.path.join(directory, f"f{index:05d}.dat"), "wb") as handle:
             handle.write(data)
         total += size
         index += 1
