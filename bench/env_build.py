@@ -3,7 +3,8 @@
 """env_build of a large tree against mksquashfs run directly with the same options, side by side; then the
 squashfs compressors (zstd, gzip, xz) by size and time.
 
-    .venv/bin/python bench/env_build.py [--size-mib 500] [--rounds 3] [--compression-rounds 1] [--dir /var/tmp]
+    .venv/bin/python bench/env_build.py [--size-mib 500] [--rounds 3] [--compression-rounds 1]
+        [--compressions zstd,gzip,xz] [--dir /var/tmp]
 
 The tree is half text-like data (compressible, as source trees and scripts are) and half random bytes (as
 compressed data files are), in files of 64 KiB to 8 MiB. The module runs as Ansible runs it (a Python process
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -58,24 +60,30 @@ def make_tree(root, size_mib, seed=7):
     return index
 
 
+def measured(argv, env=None):
+    """Run ARGV; ``(wall seconds, CPU seconds of it and its children, stdout)``. CPU time is what a loaded
+    machine does not distort: wall time also counts the time other work held the processors."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode != 0 and not proc.stdout:
+        raise SystemExit(f"{argv[0]} exited {proc.returncode}: {proc.stderr}")
+    return wall, cpu, proc.stdout
+
+
 def run_module(args, tmp):
     path = os.path.join(tmp, "args.json")
     with open(path, "w", encoding="utf-8") as handle:
         json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "ansible_collections.sciops.fleet.plugins.modules.env_build", path],
-                          capture_output=True, text=True, check=False, env=dict(os.environ, PYTHONPATH=COLLECTIONS))
-    seconds = time.monotonic() - started
-    result = json.loads(proc.stdout)
+    wall, cpu, out = measured([sys.executable, "-m", "ansible_collections.sciops.fleet.plugins.modules.env_build", path],
+                              env=dict(os.environ, PYTHONPATH=COLLECTIONS))
+    result = json.loads(out)
     if result.get("failed"):
         raise SystemExit(f"env_build failed: {result['msg']}")
-    return seconds, result
-
-
-def run_direct(argv):
-    started = time.monotonic()
-    subprocess.run(argv, check=True, capture_output=True)
-    return time.monotonic() - started
+    return wall, cpu, result
 
 
 def main():
@@ -83,6 +91,7 @@ def main():
     parser.add_argument("--size-mib", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compression-rounds", type=int, default=1)
+    parser.add_argument("--compressions", default="zstd,gzip,xz")
     parser.add_argument("--dir", default="/var/tmp")
     options = parser.parse_args()
     work = tempfile.mkdtemp(prefix="env-bench-", dir=options.dir)
@@ -94,31 +103,41 @@ def main():
             json.dump({"name": "bench", "version": "1.0.0", "mount": "/opt/envs/bench", "backend": "tree",
                        "tree": {"source": "stage"}}, handle)
         print(f"tree: {options.size_mib} MiB in {files} files; nproc {os.cpu_count()}", file=sys.stderr)
-        module_times, direct_times, image_size = [], [], None
+        rows = {"mksquashfs directly": ([], []), "env_build": ([], [])}
+        image_size = None
+        direct = os.path.join(work, "direct.squashfs")
+        argv = mksquashfs_argv(stage, direct, "zstd", None, 1024 * 1024, 0)
         for _attempt in range(options.rounds):
-            seconds, result = run_module({"recipe": recipe, "dest": os.path.join(work, "module.squashfs"), "force": True}, work)
-            module_times.append(seconds)
+            wall, cpu, result = run_module({"recipe": recipe, "dest": os.path.join(work, "module.squashfs"), "force": True}, work)
+            rows["env_build"][0].append(wall)
+            rows["env_build"][1].append(cpu)
             image_size = result["size"]
-            direct = os.path.join(work, "direct.squashfs")
-            direct_times.append(run_direct(mksquashfs_argv(stage, direct, "zstd", None, 1024 * 1024, 0)))
-        module_median, direct_median = statistics.median(module_times), statistics.median(direct_times)
-        print("| build | median s | rounds (s) | image MiB |")
-        print("|---|---:|---|---:|")
-        print(f"| mksquashfs directly | {direct_median:.2f} | {', '.join(f'{t:.2f}' for t in direct_times)} | "
-              f"{os.path.getsize(os.path.join(work, 'direct.squashfs')) / 1048576:.1f} |")
-        print(f"| env_build | {module_median:.2f} | {', '.join(f'{t:.2f}' for t in module_times)} | {image_size / 1048576:.1f} |")
-        print(f"\noverhead ratio (env_build / mksquashfs, medians): {module_median / direct_median:.3f}\n")
-        print("| compression | median s | image MiB | ratio to tree |")
-        print("|---|---:|---:|---:|")
-        for compression in ("zstd", "gzip", "xz"):
-            times = []
+            wall, cpu, _out = measured(argv)
+            rows["mksquashfs directly"][0].append(wall)
+            rows["mksquashfs directly"][1].append(cpu)
+        sizes = {"mksquashfs directly": os.path.getsize(direct), "env_build": image_size}
+        print(f"mksquashfs options: {' '.join(argv[3:])} (env_build adds meta/: env.json, manifest, provenance, recipe)\n")
+        print("| build | wall s (median) | wall s (rounds) | CPU s (median) | CPU s (rounds) | image MiB |")
+        print("|---|---:|---|---:|---|---:|")
+        for name, (walls, cpus) in rows.items():
+            print(f"| {name} | {statistics.median(walls):.2f} | {', '.join(f'{t:.2f}' for t in walls)} | "
+                  f"{statistics.median(cpus):.2f} | {', '.join(f'{t:.2f}' for t in cpus)} | {sizes[name] / 1048576:.1f} |")
+        (mw, mc), (dw, dc) = ((statistics.median(v[0]), statistics.median(v[1])) for v in
+                              (rows["env_build"], rows["mksquashfs directly"]))
+        print(f"\noverhead ratio env_build / mksquashfs: wall {mw / dw:.3f} (best rounds {min(rows['env_build'][0]) / min(rows['mksquashfs directly'][0]):.3f}), "
+              f"CPU {mc / dc:.3f}\n")
+        print("| compression | wall s | CPU s | image MiB | image / tree |")
+        print("|---|---:|---:|---:|---:|")
+        for compression in options.compressions.split(","):
+            walls, cpus = [], []
             for _attempt in range(options.compression_rounds):
-                seconds, result = run_module({"recipe": recipe, "dest": os.path.join(work, f"{compression}.squashfs"),
-                                              "compression": compression, "force": True}, work)
-                times.append(seconds)
+                wall, cpu, result = run_module({"recipe": recipe, "dest": os.path.join(work, f"{compression}.squashfs"),
+                                                "compression": compression, "force": True}, work)
+                walls.append(wall)
+                cpus.append(cpu)
             size = result["size"]
-            print(f"| {compression} | {statistics.median(times):.2f} | {size / 1048576:.1f} | "
-                  f"{size / (options.size_mib * 1048576):.3f} |")
+            print(f"| {compression} | {statistics.median(walls):.2f} | {statistics.median(cpus):.2f} | {size / 1048576:.1f} | "
+                  f"{size / (options.size_mib * 1048576):.3f} |", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
