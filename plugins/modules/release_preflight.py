@@ -102,7 +102,7 @@ def main():
     try:
         release, digest, _reference = fetch_release(params["release"], registry_options(params))
     except OciError as exc:
-        module.exit_json(changed=False, ok=False, reasons=[f"the release cannot be read: {exc}"])
+        module.exit_json(changed=False, ok=False, reasons=[f"the release cannot be read: {exc}"], running=None)
     sizes, unreadable = artifact_sizes(release, registry_options(params))
     ok, reasons, facts = preflight(release, params["state_root"], sizes)
     reasons += unreadable
