@@ -1,0 +1,254 @@
+# Copyright (c) sciops.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module is private to sciops.fleet; its API may change without notice.
+"""Build host side of RPM packaging: run rpmbuild reproducibly in a scratch directory, sign, move into place,
+and keep repository metadata with createrepo_c.
+
+Every tool runs through RUN, a callable ``run(argv, env=None) -> (rc, stdout, stderr)`` (AnsibleModule's
+run_command in the modules), so nothing here needs Ansible.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import tempfile
+
+from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm_spec import SpecError, newest_mtime, plan_packages, render_spec
+
+COMPRESSION_DEFAULT_LEVEL = {"zstd": 6, "xz": 6, "gzip": 6, "none": 0}
+# rpm's payload I/O names; 'T0' lets zstd and xz use a thread per CPU.
+_PAYLOAD = {"zstd": "w{level}T0.zstdio", "xz": "w{level}T0.xzdio", "gzip": "w{level}.gzdio", "none": "w.ufdio"}
+QUERY_FORMAT = "%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{SHA256HEADER}\\t%{PAYLOADDIGEST}\\t%{RSAHEADER:pgpsig}\\n"
+
+
+class RpmBuildError(Exception):
+    """A tool failed or the destination cannot take the packages; the message says which and why."""
+
+
+def payload_macro(compression, level=None):
+    """The %_binary_payload value for COMPRESSION at LEVEL (the default level when None)."""
+    if compression not in _PAYLOAD:
+        raise RpmBuildError(f"compression must be one of {', '.join(_PAYLOAD)}, not {compression!r}")
+    level = COMPRESSION_DEFAULT_LEVEL[compression] if level is None else level
+    limits = {"zstd": (1, 19), "xz": (0, 9), "gzip": (1, 9), "none": (0, 0)}[compression]
+    if compression != "none" and not limits[0] <= level <= limits[1]:
+        raise RpmBuildError(f"compression_level {level} is out of range for {compression} ({limits[0]}..{limits[1]})")
+    return _PAYLOAD[compression].format(level=level)
+
+
+def rpmbuild_defines(topdir, source_date_epoch, compression="zstd", level=None, strip=False, debuginfo=False):
+    """The --define arguments that make rpmbuild fast for prebuilt binaries and its output reproducible."""
+    defines = {
+        "_topdir": topdir,
+        "_rpmdir": os.path.join(topdir, "RPMS"),
+        "_build_name_fmt": "%%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm",
+        "_buildhost": "reproducible",
+        "use_source_date_epoch_as_buildtime": "1",
+        "clamp_mtime_to_source_date_epoch": "1",
+        "source_date_epoch_from_changelog": "0",
+        "_binary_payload": payload_macro(compression, level),
+        "_binary_filedigest_algorithm": "8",
+        "_build_id_links": "none",
+        "_missing_build_ids_terminate_build": "0",
+        "__arch_install_post": "%{nil}",
+    }
+    if not debuginfo:
+        defines.update({"debug_package": "%{nil}", "_enable_debug_packages": "0", "__debug_install_post": "%{nil}"})
+    # The brp scripts strip, compress man pages and byte-compile: none of it is wanted for prebuilt trees.
+    defines["__os_install_post"] = "%{?__brp_strip}" if strip else "%{nil}"
+    args = []
+    for key, value in defines.items():
+        args += ["--define", f"{key} {value}"]
+    return args
+
+
+def query_package(run, path):
+    """Header facts of the RPM at PATH: name, epoch, version, release, arch, header and payload digests, signature."""
+    rc, out, err = run(["rpm", "-qp", "--nosignature", "--nodigest", "--qf", QUERY_FORMAT, path])
+    if rc != 0 or not out.strip():
+        raise RpmBuildError(f"rpm cannot read {path}: {err.strip() or out.strip()}")
+    fields = out.rstrip("\n").split("\n")[-1].split("\t")
+    keys = ("name", "epoch", "version", "release", "arch", "header_sha256", "payload_digest", "signature")
+    info = dict(zip(keys, fields))
+    info["signature"] = "" if info.get("signature") in (None, "(none)") else info["signature"]
+    return info
+
+
+def _same_package(run, old, new, sign_key):
+    """True when the RPM at OLD can stand for the fresh build NEW: the same bytes, or (when signing) the same
+    header and payload and a signature by SIGN_KEY, since signatures carry a time stamp."""
+    if not os.path.exists(old):
+        return False
+    if not sign_key:
+        return digest_file(old)[0] == digest_file(new)[0]
+    before, after = query_package(run, old), query_package(run, new)
+    same = all(before[k] == after[k] for k in ("header_sha256", "payload_digest"))
+    return same and sign_key[-8:].lower() in before["signature"].lower()
+
+
+def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="zstd", level=None, strip=False,
+                   debuginfo=False, sign_key=None, gpg_home=None, check_mode=False, keep_spec=None):
+    """Build SPEC's packages from TREE into DEST; return a dict: changed, packages (per package its file, digest,
+    nevra, changed), spec_text, source_date_epoch.
+
+    The build runs in a scratch directory inside DEST and each finished package is renamed into place; on any
+    error nothing is left in DEST. A package whose bytes (or, signed, whose content) did not change is left as is.
+    """
+    tree = os.path.abspath(tree)
+    plan = plan_packages(spec, tree)
+    if source_date_epoch is None:
+        dates = [e["date"] for e in spec["changelog"] if e["date"]]
+        source_date_epoch = _date_epoch(max(dates)) if dates else newest_mtime(tree)
+    if not os.path.isdir(dest):
+        if check_mode:
+            return _predicted(spec, dest, source_date_epoch)
+        try:
+            os.makedirs(dest)
+        except OSError as exc:
+            raise RpmBuildError(f"dest: cannot create {dest}: {exc.strerror}") from None
+    scratch = tempfile.mkdtemp(prefix=".rpm_build-", dir=dest)
+    try:
+        topdir = os.path.join(scratch, "top")
+        buildroot = os.path.join(scratch, "buildroot")
+        os.makedirs(os.path.join(topdir, "RPMS"))
+        # Hard links cost nothing and rpmbuild reads them only, unless it strips; a copy when links are impossible.
+        link = "" if strip else "-l"
+        install = (f"cp -a {link} {shlex.quote(tree)}/. %{{buildroot}}/ 2>/dev/null || "
+                   f"cp -a {shlex.quote(tree)}/. %{{buildroot}}/") if link else f"cp -a {shlex.quote(tree)}/. %{{buildroot}}/"
+        text = render_spec(spec, plan, tree, source_date_epoch, install)
+        spec_path = os.path.join(topdir, f"{spec['packages'][0]['name']}.spec")
+        with open(spec_path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        if keep_spec:
+            shutil.copyfile(spec_path, keep_spec)
+        argv = ["rpmbuild", "-bb", "--quiet", "--nodeps", "--buildroot", buildroot]
+        argv += rpmbuild_defines(topdir, source_date_epoch, compression, level, strip, debuginfo)
+        if spec["arch"] != "noarch":
+            argv += ["--target", spec["arch"]]
+        argv.append(spec_path)
+        env = {"SOURCE_DATE_EPOCH": str(source_date_epoch), "TZ": "UTC", "LC_ALL": "C"}
+        rc, out, err = run(argv, env=env)
+        if rc != 0:
+            raise RpmBuildError(f"rpmbuild failed (exit {rc}) for {spec['packages'][0]['name']}: "
+                                f"{_tail(err or out)}")
+        built = {}
+        for package in spec["packages"]:
+            arch = spec["arch"]
+            name = f"{package['name']}-{package['version']}-{package['release']}.{arch}.rpm"
+            path = os.path.join(topdir, "RPMS", name)
+            if not os.path.isfile(path):
+                raise RpmBuildError(f"rpmbuild did not write {name}; its output: {_tail(err or out)}")
+            built[package["name"]] = (name, path)
+        results, changed = [], False
+        for package in spec["packages"]:
+            name, path = built[package["name"]]
+            final = os.path.join(dest, name)
+            unchanged = _same_package(run, final, path, sign_key)
+            if not unchanged and sign_key and not check_mode:
+                sign_package(run, path, sign_key, gpg_home)
+            entry = {"name": package["name"], "file": name, "path": final, "changed": not unchanged,
+                     "nevra": f"{package['name']}-{_evr(package)}.{spec['arch']}",
+                     "version": package["version"], "release": package["release"], "epoch": package["epoch"]}
+            entry["_built"] = path
+            results.append(entry)
+            changed = changed or not unchanged
+        if not check_mode:
+            for entry in results:
+                if entry["changed"]:
+                    os.replace(entry["_built"], entry["path"])
+            if changed:
+                fsync_dir(dest)
+        for entry in results:
+            final_path = entry["path"] if (not check_mode or not entry["changed"]) else entry["_built"]
+            entry["digest"], entry["size"] = digest_file(final_path)
+            del entry["_built"]
+        return {"changed": changed, "packages": results, "spec_text": text, "source_date_epoch": source_date_epoch}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _predicted(spec, dest, source_date_epoch):
+    packages = [{"name": p["name"], "file": f"{p['name']}-{p['version']}-{p['release']}.{spec['arch']}.rpm",
+                 "changed": True, "nevra": f"{p['name']}-{_evr(p)}.{spec['arch']}", "version": p["version"],
+                 "release": p["release"], "epoch": p["epoch"], "digest": None, "size": None} for p in spec["packages"]]
+    for entry in packages:
+        entry["path"] = os.path.join(dest, entry["file"])
+    return {"changed": True, "packages": packages, "spec_text": "", "source_date_epoch": source_date_epoch}
+
+
+def _evr(package):
+    epoch = f"{package['epoch']}:" if package["epoch"] is not None else ""
+    return f"{epoch}{package['version']}-{package['release']}"
+
+
+def _date_epoch(date):
+    import calendar  # pylint: disable=import-outside-toplevel
+    import time  # pylint: disable=import-outside-toplevel
+    return calendar.timegm(time.strptime(date, "%Y-%m-%d"))
+
+
+def _tail(text, lines=12):
+    return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip()) or "(no output)"
+
+
+def sign_package(run, path, key, gpg_home=None):
+    """Sign the RPM at PATH with gpg key KEY (rpmsign --addsign); the key must not ask for a passphrase."""
+    argv = ["rpmsign", "--addsign", "--define", f"_gpg_name {key}"]
+    if gpg_home:
+        argv += ["--define", f"_gpg_path {gpg_home}"]
+    argv.append(path)
+    rc, out, err = run(argv, env={"GNUPGHOME": gpg_home} if gpg_home else None)
+    if rc != 0:
+        raise RpmBuildError(f"signing {os.path.basename(path)} with key {key} failed (exit {rc}): {_tail(err or out)}; "
+                            "check sign_key and gpg_home, and that the key needs no passphrase prompt")
+
+
+# -- repositories ----------------------------------------------------------------------------------
+
+
+def repo_state(path):
+    """What a repository's metadata says: the repomd.xml bytes' digest, or None when there is none."""
+    repomd = os.path.join(path, "repodata", "repomd.xml")
+    return digest_file(repomd)[0] if os.path.isfile(repomd) else None
+
+
+def list_packages(path):
+    """RPM files below PATH (relative, sorted) and their sizes and modification times, as createrepo_c sees them."""
+    found = {}
+    for base, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d not in ("repodata", ".repodata") and not d.startswith("."))
+        for name in names:
+            if name.endswith(".rpm") and not name.startswith("."):
+                full = os.path.join(base, name)
+                info = os.stat(full)
+                found[os.path.relpath(full, path)] = (info.st_size, int(info.st_mtime))
+    return dict(sorted(found.items()))
+
+
+def primary_packages(run, path):
+    """The packages repository metadata at PATH lists, as relative locations, read back with createrepo_c's own
+    output (repodata/*primary.xml*)."""
+    import glob  # pylint: disable=import-outside-toplevel
+    import gzip  # pylint: disable=import-outside-toplevel
+    import re  # pylint: disable=import-outside-toplevel
+    matches = sorted(glob.glob(os.path.join(path, "repodata", "*primary.xml*")))
+    locations = []
+    for match in matches:
+        if match.endswith(".gz"):
+            with gzip.open(match, "rt", encoding="utf-8") as handle:
+                text = handle.read()
+        elif match.endswith(".zst"):
+            rc, text, err = run(["zstd", "-dc", match])
+            if rc != 0:
+                raise RpmBuildError(f"cannot read {match}: {err.strip()}")
+        elif match.endswith(".xml"):
+            with open(match, encoding="utf-8") as handle:
+                text = handle.read()
+        else:
+            continue
+        locations += re.findall(r'<location href="([^"]+)"', text)
+    return sorted(set(locations))
