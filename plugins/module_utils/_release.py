@@ -19,7 +19,7 @@ Schema version 1 (``docs/releases.md`` documents every field)::
     artifacts:
       - name: bin
         reference: registry.example.org/build/qserv-bin@sha256:...
-        install: files        # files | extract | squashfs
+        install: files        # files | extract | squashfs | rpm (RPM files, installed with rpm on switch)
     configs:
       - source: bin/qserv.conf.in
         dest: etc/qserv.conf
@@ -46,7 +46,7 @@ SCHEMA_VERSION = 1
 RELEASE_ARTIFACT_TYPE = "application/vnd.sciops.fleet.release.v1+json"
 RELEASE_FILE = "release.json"
 RELEASE_SOURCE_FILE = "release.yaml"
-INSTALL_KINDS = ("files", "extract", "squashfs")
+INSTALL_KINDS = ("files", "extract", "squashfs", "rpm")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")

@@ -15,9 +15,9 @@ import shlex
 import shutil
 import tempfile
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import fsync_dir, link_unsupported
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm_spec import SpecError, newest_mtime, plan_packages, render_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm_spec import package_changelog, plan_packages, render_spec
 
 COMPRESSION_DEFAULT_LEVEL = {"zstd": 6, "xz": 6, "gzip": 6, "none": 0}
 # rpm's payload I/O names; 'T0' lets zstd and xz use a thread per CPU.
@@ -90,71 +90,110 @@ def _same_package(run, old, new, sign_key):
     return same and sign_key[-8:].lower() in before["signature"].lower()
 
 
-def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="zstd", level=None, strip=False,
-                   debuginfo=False, sign_key=None, gpg_home=None, check_mode=False, keep_spec=None):
-    """Build SPEC's packages from TREE into DEST; return a dict: changed, packages (per package its file, digest,
-    nevra, changed), spec_text, source_date_epoch.
+def package_source_date_epoch(spec, package, plan, tree, given=None):
+    """SOURCE_DATE_EPOCH of PACKAGE: GIVEN, else its newest changelog date, else its newest file in TREE."""
+    if given is not None:
+        return given
+    dates = [e["date"] for e in package_changelog(spec, package) if e["date"]]
+    if dates:
+        return _date_epoch(max(dates))
+    newest = 0
+    for path in plan[package["name"]]["files"]:
+        newest = max(newest, int(os.lstat(os.path.join(tree, path)).st_mtime))
+    return newest
 
-    The build runs in a scratch directory inside DEST and each finished package is renamed into place; on any
-    error nothing is left in DEST. A package whose bytes (or, signed, whose content) did not change is left as is.
+
+def stage_package(tree, entry, root, copy=False):
+    """Lay PACKAGE's files (ENTRY of the plan) out under ROOT as hard links to TREE (copies when COPY or when a
+    link is impossible), directories with the tree's modes."""
+    def make_dir(relative):
+        target = os.path.join(root, relative)
+        if not os.path.isdir(target):
+            make_dir(os.path.dirname(relative)) if os.path.dirname(relative) else None
+            os.mkdir(target)
+            source = os.path.join(tree, relative)
+            if os.path.isdir(source):
+                os.chmod(target, os.stat(source).st_mode & 0o7777)
+    os.makedirs(root, exist_ok=True)
+    for relative in entry["dirs"]:
+        make_dir(relative)
+    for relative in entry["files"]:
+        if os.path.dirname(relative):
+            make_dir(os.path.dirname(relative))
+        source, target = os.path.join(tree, relative), os.path.join(root, relative)
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), target)
+            continue
+        if not copy:
+            try:
+                os.link(source, target)
+                continue
+            except OSError as exc:
+                if not link_unsupported(exc):
+                    raise
+        shutil.copy2(source, target)
+
+
+def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="zstd", level=None, strip=False,
+                   debuginfo=False, sign_key=None, gpg_home=None, check_mode=False):
+    """Build SPEC's packages from TREE into DEST; return a dict: changed, packages (per package its file, digest,
+    nevra, changed, source_date_epoch), spec_text (every spec file written).
+
+    Each package is built by its own rpmbuild run from its own spec and build root, so it depends on its own files
+    and fields only. The builds run in a scratch directory inside DEST and the packages are renamed into place once
+    all are built (and signed): on any error nothing new is left in DEST. A package whose bytes (or, signed, whose
+    content) did not change is left as it is.
     """
     tree = os.path.abspath(tree)
     plan = plan_packages(spec, tree)
-    if source_date_epoch is None:
-        dates = [e["date"] for e in spec["changelog"] if e["date"]]
-        source_date_epoch = _date_epoch(max(dates)) if dates else newest_mtime(tree)
+    epochs = {p["name"]: package_source_date_epoch(spec, p, plan, tree, source_date_epoch) for p in spec["packages"]}
     if not os.path.isdir(dest):
         if check_mode:
-            return _predicted(spec, dest, source_date_epoch)
+            return _predicted(spec, dest, epochs)
         try:
             os.makedirs(dest)
         except OSError as exc:
             raise RpmBuildError(f"dest: cannot create {dest}: {exc.strerror}") from None
     scratch = tempfile.mkdtemp(prefix=".rpm_build-", dir=dest)
+    texts = []
     try:
-        topdir = os.path.join(scratch, "top")
-        buildroot = os.path.join(scratch, "buildroot")
-        os.makedirs(os.path.join(topdir, "RPMS"))
-        # Hard links cost nothing and rpmbuild reads them only, unless it strips; a copy when links are impossible.
-        link = "" if strip else "-l"
-        install = (f"cp -a {link} {shlex.quote(tree)}/. %{{buildroot}}/ 2>/dev/null || "
-                   f"cp -a {shlex.quote(tree)}/. %{{buildroot}}/") if link else f"cp -a {shlex.quote(tree)}/. %{{buildroot}}/"
-        text = render_spec(spec, plan, tree, source_date_epoch, install)
-        spec_path = os.path.join(topdir, f"{spec['packages'][0]['name']}.spec")
-        with open(spec_path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        if keep_spec:
-            shutil.copyfile(spec_path, keep_spec)
-        argv = ["rpmbuild", "-bb", "--quiet", "--nodeps", "--buildroot", buildroot]
-        argv += rpmbuild_defines(topdir, source_date_epoch, compression, level, strip, debuginfo)
-        if spec["arch"] != "noarch":
-            argv += ["--target", spec["arch"]]
-        argv.append(spec_path)
-        env = {"SOURCE_DATE_EPOCH": str(source_date_epoch), "TZ": "UTC", "LC_ALL": "C"}
-        rc, out, err = run(argv, env=env)
-        if rc != 0:
-            raise RpmBuildError(f"rpmbuild failed (exit {rc}) for {spec['packages'][0]['name']}: "
-                                f"{_tail(err or out)}")
-        built = {}
-        for package in spec["packages"]:
-            arch = spec["arch"]
-            name = f"{package['name']}-{package['version']}-{package['release']}.{arch}.rpm"
-            path = os.path.join(topdir, "RPMS", name)
-            if not os.path.isfile(path):
-                raise RpmBuildError(f"rpmbuild did not write {name}; its output: {_tail(err or out)}")
-            built[package["name"]] = (name, path)
         results, changed = [], False
         for package in spec["packages"]:
-            name, path = built[package["name"]]
-            final = os.path.join(dest, name)
-            unchanged = _same_package(run, final, path, sign_key)
+            name = package["name"]
+            topdir = os.path.join(scratch, name, "top")
+            staged = os.path.join(scratch, name, "staged")
+            os.makedirs(os.path.join(topdir, "RPMS"))
+            stage_package(tree, plan[name], staged, copy=strip)
+            # rpmbuild empties its build root before %install: fill it from the staged links (links again, cheap).
+            install = (f"cp -a -l {shlex.quote(staged)}/. %{{buildroot}}/ 2>/dev/null || "
+                       f"cp -a {shlex.quote(staged)}/. %{{buildroot}}/")
+            if strip:
+                install = f"cp -a {shlex.quote(staged)}/. %{{buildroot}}/"
+            text = render_spec(spec, plan, tree, package, epochs[name], install)
+            texts.append(text)
+            spec_path = os.path.join(topdir, f"{name}.spec")
+            with open(spec_path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            argv = ["rpmbuild", "-bb", "--quiet", "--nodeps", "--buildroot", os.path.join(scratch, name, "buildroot")]
+            argv += rpmbuild_defines(topdir, epochs[name], compression, level, strip, debuginfo)
+            if spec["arch"] != "noarch":
+                argv += ["--target", spec["arch"]]
+            argv.append(spec_path)
+            rc, out, err = run(argv, env={"SOURCE_DATE_EPOCH": str(epochs[name]), "TZ": "UTC", "LC_ALL": "C"})
+            if rc != 0:
+                raise RpmBuildError(f"rpmbuild failed (exit {rc}) for package {name}: {_tail(err or out)}")
+            file_name = f"{name}-{package['version']}-{package['release']}.{spec['arch']}.rpm"
+            built = os.path.join(topdir, "RPMS", file_name)
+            if not os.path.isfile(built):
+                raise RpmBuildError(f"rpmbuild did not write {file_name}; its output: {_tail(err or out)}")
+            final = os.path.join(dest, file_name)
+            unchanged = _same_package(run, final, built, sign_key)
             if not unchanged and sign_key and not check_mode:
-                sign_package(run, path, sign_key, gpg_home)
-            entry = {"name": package["name"], "file": name, "path": final, "changed": not unchanged,
-                     "nevra": f"{package['name']}-{_evr(package)}.{spec['arch']}",
-                     "version": package["version"], "release": package["release"], "epoch": package["epoch"]}
-            entry["_built"] = path
-            results.append(entry)
+                sign_package(run, built, sign_key, gpg_home)
+            results.append({"name": name, "file": file_name, "path": final, "changed": not unchanged,
+                            "nevra": f"{name}-{_evr(package)}.{spec['arch']}", "version": package["version"],
+                            "release": package["release"], "epoch": package["epoch"],
+                            "source_date_epoch": epochs[name], "_built": built})
             changed = changed or not unchanged
         if not check_mode:
             for entry in results:
@@ -163,21 +202,21 @@ def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="z
             if changed:
                 fsync_dir(dest)
         for entry in results:
-            final_path = entry["path"] if (not check_mode or not entry["changed"]) else entry["_built"]
-            entry["digest"], entry["size"] = digest_file(final_path)
-            del entry["_built"]
-        return {"changed": changed, "packages": results, "spec_text": text, "source_date_epoch": source_date_epoch}
+            built = entry.pop("_built")
+            entry["digest"], entry["size"] = digest_file(built if check_mode and entry["changed"] else entry["path"])
+        return {"changed": changed, "packages": results, "spec_text": "\n".join(texts)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _predicted(spec, dest, source_date_epoch):
+def _predicted(spec, dest, epochs):
     packages = [{"name": p["name"], "file": f"{p['name']}-{p['version']}-{p['release']}.{spec['arch']}.rpm",
                  "changed": True, "nevra": f"{p['name']}-{_evr(p)}.{spec['arch']}", "version": p["version"],
-                 "release": p["release"], "epoch": p["epoch"], "digest": None, "size": None} for p in spec["packages"]]
+                 "release": p["release"], "epoch": p["epoch"], "digest": None, "size": None,
+                 "source_date_epoch": epochs[p["name"]]} for p in spec["packages"]]
     for entry in packages:
         entry["path"] = os.path.join(dest, entry["file"])
-    return {"changed": True, "packages": packages, "spec_text": "", "source_date_epoch": source_date_epoch}
+    return {"changed": True, "packages": packages, "spec_text": ""}
 
 
 def _evr(package):
@@ -197,7 +236,11 @@ def _tail(text, lines=12):
 
 def sign_package(run, path, key, gpg_home=None):
     """Sign the RPM at PATH with gpg key KEY (rpmsign --addsign); the key must not ask for a passphrase."""
-    argv = ["rpmsign", "--addsign", "--define", f"_gpg_name {key}"]
+    gpg = shutil.which("gpg") or shutil.which("gpg2")
+    if not gpg:
+        raise RpmBuildError("signing needs gpg on the build host; install it (Debian: gnupg, Red Hat: gnupg2)")
+    # rpm's %__gpg names gpg2 on some systems and gpg on others: give it the one that is here.
+    argv = ["rpmsign", "--addsign", "--define", f"_gpg_name {key}", "--define", f"__gpg {gpg}"]
     if gpg_home:
         argv += ["--define", f"_gpg_path {gpg_home}"]
     argv.append(path)

@@ -34,6 +34,7 @@ The staged tree is laid out as the packages install it (``opt/qserv/bin/qserv`` 
         files: ["opt/qserv/lib/**"]
         exclude: ["opt/qserv/lib/libqserv*"]
         owns_shared_dirs: true  # owns directories holding files of several packages
+        changelog: [...]        # its own; a package with its own version does not take the spec's
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ TOP_KEYS = ("name", "version", "release", "epoch", "arch", "summary", "descripti
             "packager", "group", "prefix", "relocatable", "auto_requires", "changelog", "attributes", "packages")
 PACKAGE_KEYS = ("name", "version", "release", "epoch", "summary", "description", "files", "exclude", "requires",
                 "provides", "conflicts", "obsoletes", "config", "doc", "ghost", "dirs", "scripts", "systemd",
-                "owns_shared_dirs", "auto_requires")
+                "owns_shared_dirs", "auto_requires", "changelog")
 DEP_KINDS = ("requires", "provides", "conflicts", "obsoletes")
 SCRIPT_KINDS = ("pre", "post", "preun", "postun", "posttrans")
 ATTRIBUTE_KEYS = ("path", "owner", "group", "mode", "dir_mode")
@@ -153,19 +154,7 @@ def validate_spec(data, host_arch="x86_64"):
     if spec["relocatable"] and not spec["prefix"]:
         check.add("spec.relocatable", "needs spec.prefix: the directory rpm --relocate may move")
     spec["auto_requires"] = _flag(check, data, "auto_requires", "spec.auto_requires", False)
-    spec["changelog"] = []
-    for index, item in check.mapping_list(data, "changelog", "spec.changelog"):
-        field = f"spec.changelog[{index}]"
-        check.keys(item, CHANGELOG_KEYS, field)
-        date = check.string(item, "date", f"{field}.date", _DATE_RE, " (write YYYY-MM-DD)")
-        if date:
-            try:
-                time.strptime(date, "%Y-%m-%d")
-            except ValueError:
-                check.add(f"{field}.date", f"{date!r} is not a calendar date")
-                date = None
-        spec["changelog"].append({"date": date, "author": check.string(item, "author", f"{field}.author"),
-                                  "text": check.string(item, "text", f"{field}.text")})
+    spec["changelog"] = _changelog_entries(check, data, "spec")
     if not spec["packager"] and spec["changelog"] and not check.problems:
         spec["packager"] = max(spec["changelog"], key=lambda e: e["date"])["author"]
     spec["attributes"] = []
@@ -236,6 +225,7 @@ def validate_spec(data, host_arch="x86_64"):
         package["systemd"] = _flag(check, item, "systemd", f"{field}.systemd", True)
         package["owns_shared_dirs"] = _flag(check, item, "owns_shared_dirs", f"{field}.owns_shared_dirs", False)
         package["auto_requires"] = _flag(check, item, "auto_requires", f"{field}.auto_requires", spec["auto_requires"])
+        package["changelog"] = _changelog_entries(check, item, field)
         packages.append(package)
     owners = [p["name"] for p in packages if p["owns_shared_dirs"]]
     if len(owners) > 1:
@@ -246,6 +236,23 @@ def validate_spec(data, host_arch="x86_64"):
     if check.problems:
         raise SpecError(check.problems)
     return spec
+
+
+def _changelog_entries(check, data, where):
+    entries = []
+    for index, item in check.mapping_list(data, "changelog", f"{where}.changelog"):
+        field = f"{where}.changelog[{index}]"
+        check.keys(item, CHANGELOG_KEYS, field)
+        date = check.string(item, "date", f"{field}.date", _DATE_RE, " (write YYYY-MM-DD)")
+        if date:
+            try:
+                time.strptime(date, "%Y-%m-%d")
+            except ValueError:
+                check.add(f"{field}.date", f"{date!r} is not a calendar date")
+                date = None
+        entries.append({"date": date, "author": check.string(item, "author", f"{field}.author"),
+                        "text": check.string(item, "text", f"{field}.text")})
+    return entries
 
 
 def _flag(check, data, key, field, default):
@@ -437,14 +444,23 @@ def _wrap(text, width=79):
     return "\n".join(out)
 
 
-def _changelog(spec, source_date_epoch):
-    entries = spec["changelog"] or [{"date": time.strftime("%Y-%m-%d", time.gmtime(source_date_epoch)),
-                                     "author": spec["packager"] or "sciops.fleet <root@localhost>",
-                                     "text": f"Build {spec['version']}-{spec['release']}"}]
+def package_changelog(spec, package):
+    """The changelog entries of PACKAGE: its own; else the spec's when it shares the spec's version; else none
+    (a package versioned on its own, such as the dependencies, must not change when the application's log does)."""
+    if package["changelog"]:
+        return package["changelog"]
+    return spec["changelog"] if package["version"] == spec["version"] else []
+
+
+def _changelog(spec, package, source_date_epoch):
+    entries = package_changelog(spec, package) or [
+        {"date": time.strftime("%Y-%m-%d", time.gmtime(source_date_epoch)),
+         "author": spec["packager"] or "sciops.fleet <root@localhost>",
+         "text": f"Build {package['version']}-{package['release']}"}]
     lines = ["%changelog"]
     for entry in sorted(entries, key=lambda e: e["date"], reverse=True):
         day = time.strftime("%a %b %d %Y", time.strptime(entry["date"], "%Y-%m-%d"))
-        lines.append(f"* {day} {entry['author']} - {spec['version']}-{spec['release']}")
+        lines.append(f"* {day} {entry['author']} - {package['version']}-{package['release']}")
         for text_line in entry["text"].strip().splitlines():
             text_line = text_line.strip().replace("%", "%%")
             lines.append(text_line if text_line.startswith("-") else f"- {text_line}")
@@ -456,19 +472,23 @@ def _escape(text):
     return str(text).replace("%", "%%")
 
 
-def render_spec(spec, plan, tree, source_date_epoch, install_command):
-    """The rpm spec file text for SPEC and its PLAN; INSTALL_COMMAND fills %{buildroot} from the tree."""
-    main = spec["packages"][0]
+def render_spec(spec, plan, tree, package, source_date_epoch, install_command):
+    """The rpm spec file text of PACKAGE (one of SPEC's, split by PLAN); INSTALL_COMMAND fills %{buildroot}.
+
+    Each package gets a spec of its own, so that its header (source RPM name, changelog, build time) depends on
+    nothing but its own fields and files: a new application build leaves the dependency package's bytes alone.
+    """
     siblings = {p["name"]: p for p in spec["packages"]}
+    entry = plan[package["name"]]
     lines = [
         "# Written by sciops.fleet.rpm_build; do not edit, change the package spec instead.",
-        f"Name: {main['name']}",
-        f"Version: {main['version']}",
-        f"Release: {main['release']}",
+        f"Name: {package['name']}",
+        f"Version: {package['version']}",
+        f"Release: {package['release']}",
     ]
-    if main["epoch"] is not None:
-        lines.append(f"Epoch: {main['epoch']}")
-    lines += [f"Summary: {_escape(main['summary'])}", f"License: {_escape(spec['license'])}"]
+    if package["epoch"] is not None:
+        lines.append(f"Epoch: {package['epoch']}")
+    lines += [f"Summary: {_escape(package['summary'])}", f"License: {_escape(spec['license'])}"]
     for tag, key in (("Group", "group"), ("URL", "url"), ("Vendor", "vendor"), ("Packager", "packager")):
         if spec[key]:
             lines.append(f"{tag}: {_escape(spec[key])}")
@@ -476,57 +496,37 @@ def render_spec(spec, plan, tree, source_date_epoch, install_command):
         lines.append("BuildArch: noarch")
     if spec["relocatable"]:
         lines.append(f"Prefix: {spec['prefix']}")
-
-    def header(package):
-        out = [f"AutoReqProv: {'yes' if package['auto_requires'] else 'no'}"]
-        for kind, tag in zip(DEP_KINDS, ("Requires", "Provides", "Conflicts", "Obsoletes")):
-            for dep in package[kind]:
-                if kind == "requires" and dep in siblings and dep != package["name"]:
-                    dep = f"{dep} = {evr(siblings[dep])}"
-                out.append(f"{tag}: {dep}")
-        return out
-
-    lines += header(main)
-    lines += ["", "%description", _escape(_wrap(main["description"]))]
-    for package in spec["packages"][1:]:
-        lines += ["", f"%package -n {package['name']}", f"Summary: {_escape(package['summary'])}",
-                  f"Group: {_escape(spec['group'])}"]
-        if package["version"] != main["version"]:
-            lines.append(f"Version: {package['version']}")
-        if package["release"] != main["release"]:
-            lines.append(f"Release: {package['release']}")
-        if package["epoch"] is not None and package["epoch"] != main["epoch"]:
-            lines.append(f"Epoch: {package['epoch']}")
-        lines += header(package)
-        lines += ["", f"%description -n {package['name']}", _escape(_wrap(package["description"]))]
+    lines.append(f"AutoReqProv: {'yes' if package['auto_requires'] else 'no'}")
+    for kind, tag in zip(DEP_KINDS, ("Requires", "Provides", "Conflicts", "Obsoletes")):
+        for dep in package[kind]:
+            if kind == "requires" and dep in siblings and dep != package["name"]:
+                dep = f"{dep} = {evr(siblings[dep])}"
+            lines.append(f"{tag}: {dep}")
+    lines += ["", "%description", _escape(_wrap(package["description"]))]
     lines += ["", "%prep", "", "%build", "", "%install", install_command]
-    for package in spec["packages"]:
-        for path in package["dirs"]:
-            lines.append(f"mkdir -p '%{{buildroot}}/{path}'")
-        for path in package["ghost"]:
-            lines.append(f"mkdir -p \"$(dirname '%{{buildroot}}/{path}')\" && touch '%{{buildroot}}/{path}'")
-    for package in spec["packages"]:
-        entry = plan[package["name"]]
-        suffix = "" if package is main else f" -n {package['name']}"
-        for kind in SCRIPT_KINDS:
-            text = _scriptlet(package, kind, entry["units"])
-            if text:
-                lines += ["", f"%{kind}{suffix}", _escape(text)]
-        config = [pattern_regex(p) for p in package["config"]]
-        doc = [pattern_regex(p) for p in package["doc"]]
-        lines += ["", f"%files{suffix}"]
-        for path in entry["dirs"]:
-            lines.append(f"{_attr(spec, tree, path, True)} %dir /{path}")
-        for path in entry["files"]:
-            flags = ""
-            if any(r.match(path) for r in config):
-                flags += "%config(noreplace) "
-            if any(r.match(path) for r in doc):
-                flags += "%doc "
-            lines.append(f"{_attr(spec, tree, path, False)} {flags}/{path}")
-        for path in package["ghost"]:
-            lines.append(f"{_attr(spec, tree, path, False)} %ghost /{path}")
-    lines += [""] + _changelog(spec, source_date_epoch)
+    for path in package["dirs"]:
+        lines.append(f"mkdir -p '%{{buildroot}}/{path}'")
+    for path in package["ghost"]:
+        lines.append(f"mkdir -p \"$(dirname '%{{buildroot}}/{path}')\" && touch '%{{buildroot}}/{path}'")
+    for kind in SCRIPT_KINDS:
+        text = _scriptlet(package, kind, entry["units"])
+        if text:
+            lines += ["", f"%{kind}", _escape(text)]
+    config = [pattern_regex(p) for p in package["config"]]
+    doc = [pattern_regex(p) for p in package["doc"]]
+    lines += ["", "%files"]
+    for path in entry["dirs"]:
+        lines.append(f"{_attr(spec, tree, path, True)} %dir /{path}")
+    for path in entry["files"]:
+        flags = ""
+        if any(r.match(path) for r in config):
+            flags += "%config(noreplace) "
+        if any(r.match(path) for r in doc):
+            flags += "%doc "
+        lines.append(f"{_attr(spec, tree, path, False)} {flags}/{path}")
+    for path in package["ghost"]:
+        lines.append(f"{_attr(spec, tree, path, False)} %ghost /{path}")
+    lines += [""] + _changelog(spec, package, source_date_epoch)
     return "\n".join(lines) + "\n"
 
 

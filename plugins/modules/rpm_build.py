@@ -20,9 +20,11 @@ description:
     package names the dependency package it was built with.
   - Made for prebuilt binaries. No debuginfo, no dwz, no stripping, no byte-compiling (unless O(strip) or
     O(debuginfo)); a zstd payload by default; the tree is hard-linked into the build root rather than copied.
-  - Reproducible. C(SOURCE_DATE_EPOCH) (O(source_date_epoch), else the newest changelog date, else the newest file in
-    the tree) sets the build time and clamps every file time; the build host is recorded as C(reproducible). The same
-    tree and spec give the same bytes, and a package whose bytes did not change is left in place (no change reported).
+  - Reproducible. Each package is built by its own C(rpmbuild) run from its own files and fields only, so a new
+    application build leaves the dependency package's bytes alone. C(SOURCE_DATE_EPOCH) (O(source_date_epoch), else
+    the package's newest changelog date, else its newest file) sets the build time and clamps every file time; the
+    build host is recorded as C(reproducible). The same tree and spec give the same bytes, and a package whose bytes
+    did not change is left in place (no change reported).
   - Atomic. The build runs in a scratch directory inside O(dest); the packages are renamed into place only once all
     are built (and signed), so a failed build leaves nothing behind in O(dest).
   - Systemd units the package ships (under C(usr/lib/systemd/system/)) get scriptlets that reload systemd, preset
@@ -55,7 +57,7 @@ options:
       - The package spec, validated with one message per wrong field. Top-level fields are C(name), C(version) (an RPM
         version, no C(-), pre-releases with C(~); see the P(sciops.fleet.rpm_version#filter) filter), C(release) (default 1),
         C(epoch), C(arch) (default the build host's, or C(noarch)), C(summary), C(license), C(url), C(vendor),
-        C(packager), C(description), C(prefix), C(relocatable), C(auto_requires), C(changelog), C(attributes)
+        C(packager) (default the newest changelog author), C(group), C(description), C(prefix), C(relocatable), C(auto_requires), C(changelog), C(attributes)
         and C(packages).
       - C(attributes) is a list of C(path) (pattern), C(owner), C(group), C(mode) (files) and C(dir_mode)
         (directories), applied to the whole tree it matches; later entries win. Files keep the tree's mode and are
@@ -63,7 +65,8 @@ options:
       - Each of C(packages) has C(name), C(files) and C(exclude) (patterns), C(requires), C(provides), C(conflicts),
         C(obsoletes), C(config) (patterns, C(%config(noreplace))), C(doc) (patterns), C(ghost) and C(dirs) (paths),
         C(scripts) (C(pre), C(post), C(preun), C(postun), C(posttrans) shell text), C(systemd) (default true),
-        C(owns_shared_dirs), C(auto_requires), and may override C(version), C(release), C(epoch), C(summary) and
+        C(owns_shared_dirs), C(auto_requires), C(changelog) (a package with a version of its own does not take the
+        spec's), and may override C(version), C(release), C(epoch), C(summary) and
         C(description). Without C(packages), one package named C(name) holds the whole tree.
       - C(auto_requires) true lets rpm add the shared library requires and provides it finds in ELF files
         (C(libc.so.6()(64bit))); the default false declares only what the spec says.
@@ -75,7 +78,7 @@ options:
   source_date_epoch:
     description:
       - Seconds since 1970 recorded as build time and used to clamp file times.
-      - Default the newest O(spec) changelog date, else the newest modification time in O(tree).
+      - Default, per package, its newest changelog date, else the newest modification time of its files.
     type: int
   compression:
     description: The payload compression.
@@ -151,7 +154,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 packages:
-  description: One entry per package, in the spec's order, with its file name, path, digest, size and NEVRA.
+  description:
+    - One entry per package, in the spec's order, with its file name, path, digest, size, NEVRA, and the
+      C(SOURCE_DATE_EPOCH) it was built with.
   returned: success
   type: list
   elements: dict
@@ -166,17 +171,13 @@ packages:
       release: "3"
       epoch: null
       changed: true
+      source_date_epoch: 1714521600
 files:
   description: The paths of the RPMs, for M(sciops.fleet.oras_push) or M(sciops.fleet.rpm_repo).
   returned: success
   type: list
   elements: str
   sample: [/build/qserv/rpms/qserv-1.4.0~rc1-3.x86_64.rpm, /build/qserv/rpms/qserv-deps-2024.1-3.x86_64.rpm]
-source_date_epoch:
-  description: The C(SOURCE_DATE_EPOCH) the packages were built with.
-  returned: success
-  type: int
-  sample: 1714521600
 spec_text:
   description: The rpm spec file rendered from O(spec).
   returned: when diff mode is on
@@ -233,7 +234,7 @@ def main():
     except OSError as exc:
         module.fail_json(msg=f"building RPMs from {params['tree']} into {params['dest']} failed: {exc}", error_type="OSError")
     result = {"changed": outcome["changed"], "packages": outcome["packages"],
-              "files": [p["path"] for p in outcome["packages"]], "source_date_epoch": outcome["source_date_epoch"]}
+              "files": [p["path"] for p in outcome["packages"]]}
     if module._diff:  # pylint: disable=protected-access
         result["spec_text"] = outcome["spec_text"]
     module.exit_json(**result)
