@@ -19,7 +19,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import fsync_
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file
 from ansible_collections.sciops.fleet.plugins.module_utils._rpm_spec import package_changelog, plan_packages, render_spec
 
-COMPRESSION_DEFAULT_LEVEL = {"zstd": 6, "xz": 6, "gzip": 6, "none": 0}
+COMPRESSION_DEFAULT_LEVEL = {"zstd": 3, "xz": 6, "gzip": 6, "none": 0}
 # rpm's payload I/O names; 'T0' lets zstd and xz use a thread per CPU.
 _PAYLOAD = {"zstd": "w{level}T0.zstdio", "xz": "w{level}T0.xzdio", "gzip": "w{level}.gzdio", "none": "w.ufdio"}
 QUERY_FORMAT = "%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{SHA256HEADER}\\t%{PAYLOADDIGEST}\\t%{RSAHEADER:pgpsig}\\n"

@@ -416,7 +416,7 @@ def _scriptlet(package, kind, units):
                      "  systemctl daemon-reload >/dev/null 2>&1 || :",
                      f'  if [ "$1" -eq 1 ]; then systemctl --no-reload preset {names} >/dev/null 2>&1 || :; fi',
                      "fi"],
-            "preun": [f'if [ "$1" -eq 0 ] && command -v systemctl >/dev/null 2>&1; then',
+            "preun": ['if [ "$1" -eq 0 ] && command -v systemctl >/dev/null 2>&1; then',
                       f"  systemctl --no-reload disable --now {names} >/dev/null 2>&1 || :",
                       "fi"],
             "postun": ["if command -v systemctl >/dev/null 2>&1; then",

@@ -11,9 +11,9 @@ version_added: 0.2.0
 description:
   - Builds one or more binary RPMs from a staged tree (files laid out as they are installed, C(opt/qserv/bin/qserv)
     for C(/opt/qserv/bin/qserv)) and a small package spec, with the real C(rpmbuild). Runs on the build host.
-  - Splitting. The spec's O(spec.packages) take the tree's files by path patterns (C(*) within a name, C(**) across
+  - Splitting. The spec's C(packages) take the tree's files by path patterns (C(*) within a name, C(**) across
     directories, a pattern naming a directory takes all below it), minus their C(exclude) patterns. A file in two
-    packages, or in none, is an error naming the file. Directories below O(spec.prefix), and any directory that is not
+    packages, or in none, is an error naming the file. Directories below the spec's C(prefix), and any directory that is not
     one of the system's (C(/usr), C(/etc), C(/opt), ...), are owned by exactly one package, the one holding all the
     files below them, or else the package with C(owns_shared_dirs).
   - A bare sibling name in C(requires) is pinned to that sibling's exact C(epoch:version-release), so the application
@@ -70,7 +70,7 @@ options:
         C(description). Without C(packages), one package named C(name) holds the whole tree.
       - C(auto_requires) true lets rpm add the shared library requires and provides it finds in ELF files
         (C(libc.so.6()(64bit))); the default false declares only what the spec says.
-      - C(relocatable) true declares C(Prefix) as O(spec.prefix), so C(rpm --relocate) can move the packages; every
+      - C(relocatable) true declares C(Prefix) as the spec's C(prefix), so C(rpm --relocate) can move the packages; every
         path must then be below the prefix.
       - C(changelog) is a list of C(date) (YYYY-MM-DD), C(author) (C(Name <mail>)) and C(text).
     type: dict
@@ -86,7 +86,7 @@ options:
     choices: [zstd, xz, gzip, none]
     default: zstd
   compression_level:
-    description: The compression level; default 6 for each (zstd 1 to 19, xz 0 to 9, gzip 1 to 9).
+    description: The compression level; default zstd 3 (its own default), xz 6, gzip 6 (zstd 1 to 19, xz 0 to 9, gzip 1 to 9).
     type: int
   strip:
     description: Strip ELF files with rpm's brp-strip (the tree itself is copied, not linked, then).
@@ -204,7 +204,7 @@ def main():
             "compression_level": {"type": "int"},
             "strip": {"type": "bool", "default": False},
             "debuginfo": {"type": "bool", "default": False},
-            "sign_key": {"type": "str"},
+            "sign_key": {"type": "str", "no_log": False},
             "gpg_home": {"type": "path"},
         },
         supports_check_mode=True,

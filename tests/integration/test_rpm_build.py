@@ -81,7 +81,7 @@ def gpg_key(tmp_path):
     subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "Fleet Test <test@example.org>",
                     "rsa2048", "sign", "never"], check=True, capture_output=True, env=env)
     listing = subprocess.run(["gpg", "--list-keys", "--with-colons"], check=True, capture_output=True, text=True, env=env).stdout
-    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    fingerprint = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")][0]
     public = tmp_path / "key.asc"
     public.write_bytes(subprocess.run(["gpg", "--armor", "--export", fingerprint], check=True, capture_output=True, env=env).stdout)
     yield str(home), fingerprint, str(public)
@@ -153,9 +153,9 @@ def test_app_and_deps_from_one_tree_show_their_metadata_files_scripts_and_requir
     (rpm_home / ".rpmmacros").write_text(f"%_dbpath {tmp_path / 'rpmdb'}\n")
     env = dict(os.environ, HOME=str(rpm_home))
     subprocess.run(["rpm", "--import", public], check=True, env=env)
-    lint = subprocess.run(["rpmlint", "-c", RPMLINT_SITE, app, deps], capture_output=True, text=True, env=env)
+    lint = subprocess.run(["rpmlint", "-c", RPMLINT_SITE, app, deps], capture_output=True, text=True, env=env, check=False)
     assert lint.returncode == 0 and " 0 errors," in lint.stdout, lint.stdout + lint.stderr
-    plain = subprocess.run(["rpmlint", app, deps], capture_output=True, text=True, env=env).stdout
+    plain = subprocess.run(["rpmlint", app, deps], capture_output=True, text=True, env=env, check=False).stdout
     filtered = set(re.findall(r"'([a-z0-9-]+)',", open(RPMLINT_SITE, encoding="utf-8").read()))
     kinds = set(re.findall(r": E: ([a-z0-9-]+)", plain))
     assert kinds <= filtered, plain
