@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,7 +122,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--table-mib", type=int, default=100, help="tree size for the compression table")
+    parser.add_argument("--table-mib", type=int, default=100, help="tree size for the compression table (0: no table)")
     options = parser.parse_args()
     if not os.path.isdir(COLLECTIONS):
         raise SystemExit("run `make collection-link` first")
@@ -142,6 +143,11 @@ def main():
                   f"rpmbuild {direct:.1f} s ({direct_size / 2**20:.0f} MiB)")
         best_module, best_direct = min(module_times), min(direct_times)
         print(f"best: rpm_build {best_module:.1f} s, rpmbuild {best_direct:.1f} s, ratio {best_module / best_direct:.3f}")
+        median_module, median_direct = statistics.median(module_times), statistics.median(direct_times)
+        print(f"median: rpm_build {median_module:.1f} s, rpmbuild {median_direct:.1f} s, "
+              f"ratio {median_module / median_direct:.3f}")
+        if not options.table_mib:
+            return
 
         small = os.path.join(work, "small")
         files, size = make_tree(small, options.table_mib)
