@@ -57,7 +57,8 @@ options:
       - The package spec, validated with one message per wrong field. Top-level fields are C(name), C(version) (an RPM
         version, no C(-), pre-releases with C(~); see the P(sciops.fleet.rpm_version#filter) filter), C(release) (default 1),
         C(epoch), C(arch) (default the build host's, or C(noarch)), C(summary), C(license), C(url), C(vendor),
-        C(packager) (default the newest changelog author), C(group), C(description), C(prefix), C(relocatable), C(auto_requires), C(changelog), C(attributes)
+        C(packager) (default the newest changelog author), C(group), C(description), C(prefix), C(relocatable),
+        C(auto_requires), C(changelog), C(attributes)
         and C(packages).
       - C(attributes) is a list of C(path) (pattern), C(owner), C(group), C(mode) (files) and C(dir_mode)
         (directories), applied to the whole tree it matches; later entries win. Files keep the tree's mode and are
