@@ -646,7 +646,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         self.stats["bytes_downloaded"] += len(data)
         return data
 
-    def fetch_blob_to(self, repo, descriptor, dest_dir, name, mode=None, progress=None, cache=None):
+    def fetch_blob_to(self, repo, descriptor, dest_dir, name, mode=None, progress=None, cache=None, link=False):
         what = f"blob {self._name(repo, descriptor.digest)}"
 
         def fetch(offset):
@@ -655,11 +655,11 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         options = {"retry": self.retry, "progress": progress, "stats": self.stats, "what": what}
         if cache is None:
             return download_blob(fetch, dest_dir, name, descriptor.digest, descriptor.size, mode=mode, **options)
-        if cache.has(descriptor.digest, descriptor.size):
+        if cache.has(descriptor.digest, descriptor.size, verify=link):
             self.stats["blobs_skipped"] += 1
         else:
             cache.download(fetch, descriptor.digest, descriptor.size, **options)
-        return cache.place(descriptor.digest, dest_dir, name, descriptor.size, mode=mode)
+        return cache.place(descriptor.digest, dest_dir, name, descriptor.size, mode=mode, link=link)
 
     # -- referrers --------------------------------------------------------------------------
 

@@ -154,16 +154,16 @@ class LayoutStore(OciStore):
         self.stats["bytes_downloaded"] += len(data)
         return data
 
-    def fetch_blob_to(self, repo, descriptor, dest_dir, name, mode=None, progress=None, cache=None):
+    def fetch_blob_to(self, repo, descriptor, dest_dir, name, mode=None, progress=None, cache=None, link=False):
         source = self._require_blob(descriptor.digest)
         what = f"blob {self._name(descriptor.digest)}"
         if cache is not None:
-            if cache.has(descriptor.digest, descriptor.size):
+            if cache.has(descriptor.digest, descriptor.size, verify=link):
                 self.stats["blobs_skipped"] += 1
             else:
                 cache.put_from(source, descriptor.digest, descriptor.size, verify=True)
                 self._count_copy(descriptor.size)
-            final = cache.place(descriptor.digest, dest_dir, name, descriptor.size, mode=mode)
+            final = cache.place(descriptor.digest, dest_dir, name, descriptor.size, mode=mode, link=link)
         else:
             # A verified copy, never a link: the layout's files must not change when a pulled file does.
             final = place_blob(source, dest_dir, name, descriptor.digest, descriptor.size, mode=mode, what=what)

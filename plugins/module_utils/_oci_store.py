@@ -206,8 +206,11 @@ class OciStore:
         """A small blob (config, metadata) as verified bytes."""
         raise NotImplementedError
 
-    def fetch_blob_to(self, repo, descriptor, dest_dir, name, mode=None, progress=None, cache=None):
-        """Place blob DESCRIPTOR at DEST_DIR/NAME, verified and atomically (through CACHE, a BlobCache, when given)."""
+    def fetch_blob_to(self, repo, descriptor, dest_dir, name, mode=None, progress=None, cache=None, link=False):
+        """Place blob DESCRIPTOR at DEST_DIR/NAME, verified and atomically (through CACHE, a BlobCache, when given).
+
+        With LINK and a CACHE, the file is a hard link to the cache entry where it can be (see BlobCache.place), for
+        trees never written to; an entry already in the cache is re-hashed first, since it is trusted from then on."""
         raise NotImplementedError
 
     def list_tags(self, repo):

@@ -182,8 +182,10 @@ def plan_pull(manifest, dest, what, create=True):
     return files, skipped
 
 
-def pull_artifact(store, repo, ref, dest, what, cache=None, expected_digest=None, check_mode=False):
+def pull_artifact(store, repo, ref, dest, what, cache=None, expected_digest=None, check_mode=False, link=False):
     """Place every named file of the artifact REF in DEST, verified; fetch only what is missing or different.
+
+    LINK hard-links files to the CACHE's entries where possible (for trees never written to, see fetch_blob_to).
 
     Returns a dict: digest, media_type, artifact_type, annotations, changed, files (name, path, digest,
     size, state), skipped.
@@ -201,7 +203,7 @@ def pull_artifact(store, repo, ref, dest, what, cache=None, expected_digest=None
         if item["state"] == "mode":
             os.chmod(item["path"], item["mode"])
         else:
-            store.fetch_blob_to(repo, item["descriptor"], dest, item["name"], mode=item["mode"], cache=cache)
+            store.fetch_blob_to(repo, item["descriptor"], dest, item["name"], mode=item["mode"], cache=cache, link=link)
     return {
         "digest": digest,
         "media_type": media_type,

@@ -173,6 +173,32 @@ class AppState:
         return None
 
 
+def running_release(digest, state_root=DEFAULT_STATE_ROOT, facts_dir=DEFAULT_FACTS_DIR):
+    """What this node already runs as release DIGEST: ``{application, version, oldstable}`` when some application's
+    ``current`` points to it, installed and recorded healthy; else None. Reads only local files."""
+    try:
+        names = sorted(n for n in os.listdir(facts_dir) if n.startswith("sciops_fleet_") and n.endswith(".fact"))
+    except OSError:
+        return None
+    for file_name in names:
+        try:
+            with open(os.path.join(facts_dir, file_name), encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        current = record.get("current") if isinstance(record, dict) else None
+        if not isinstance(current, dict) or current.get("digest") != digest or not record.get("application"):
+            continue
+        state = AppState(record["application"], state_root, facts_dir)
+        name = state.slot_target("current")
+        entry = (record.get("releases") or {}).get(name) or {}
+        if name and state.is_installed(name) and entry.get("digest") == digest and entry.get("status") == "good":
+            oldstable = state.slot_target("oldstable")
+            return {"application": state.app, "version": entry.get("version"),
+                    "oldstable": release_summary(record, oldstable) if oldstable else None}
+    return None
+
+
 def release_summary(record, name):
     """What the record says of release NAME, for slots and history: name, digest, version, protocol."""
     entry = record["releases"].get(name) or {}
@@ -214,8 +240,12 @@ def _render(text, variables, where):
         raise OciError(f"{where}: {exc}; write a literal $ as $$") from None
 
 
-def _record_files(root):
-    """Digest, size and mode of every file below ROOT (for drift checks), each file flushed to disk."""
+def _record_files(root, known=None):
+    """Digest, size and mode of every file below ROOT (for drift checks), each file flushed to disk.
+
+    KNOWN maps paths relative to ROOT to the digest and size they were verified with when placed (and flushed);
+    they are not read again."""
+    known = known or {}
     files = {}
     for base, dirs, names in os.walk(root):
         dirs.sort()
@@ -224,6 +254,9 @@ def _record_files(root):
             relative = os.path.relpath(path, root)
             if os.path.islink(path):
                 files[relative] = {"link": os.readlink(path)}
+                continue
+            if relative in known:
+                files[relative] = dict(known[relative], mode="%04o" % (os.stat(path).st_mode & 0o7777))
                 continue
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -260,12 +293,13 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
         os.makedirs(staging)
         cache = BlobCache(cache_dir) if cache_dir else None
         packages = []
+        placed = {}  # files verified on placement: not hashed again for the files record
         for artifact in release["artifacts"]:
             reference = parse_reference(artifact["reference"])
             store = open_store(reference, **registry_options)
             dest = os.path.join(staging, artifact["name"])
             pulled = pull_artifact(store, reference.repository, artifact["digest"], dest, str(reference), cache=cache,
-                                   expected_digest=artifact["digest"])
+                                   expected_digest=artifact["digest"], link=True)
             if artifact["install"] == "rpm":
                 not_rpm = [item["name"] for item in pulled["files"] if not item["name"].endswith(".rpm")]
                 if not_rpm:
@@ -277,6 +311,9 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
                     if item["name"].endswith(ARCHIVE_SUFFIXES):
                         _extract(item["path"], dest)
                         os.unlink(item["path"])
+            else:
+                placed.update({os.path.relpath(item["path"], staging): {"digest": item["digest"], "size": item["size"]}
+                               for item in pulled["files"]})
             for key in ("bytes_downloaded", "blobs_downloaded"):
                 outcome["transfer"][key] += store.stats.get(key, 0)
             outcome["artifacts"].append({"name": artifact["name"], "digest": artifact["digest"],
@@ -296,7 +333,7 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             atomic_write(dest, _render(text, merged, where).encode("utf-8"), mode=int(config["mode"], 8))
         atomic_write(os.path.join(staging, RELEASE_FILE), (json.dumps(release, indent=2, sort_keys=True) + "\n").encode())
-        files = _record_files(staging)
+        files = _record_files(staging, placed)
         atomic_write(os.path.join(staging, FILES_RECORD), json.dumps({"digest": digest, "files": files}, sort_keys=True).encode())
         if os.path.exists(final):  # a directory without the files record is an unfinished copy
             shutil.rmtree(final)

@@ -15,6 +15,8 @@ description:
     C(fuse), or paths such as C(/dev/fuse)). It also checks that every artifact can be read from where it is stored.
   - Answers in RV(ok) with every reason in RV(reasons), not just the first; the module itself succeeds either way, so that
     a rollout can ask every node of a batch before it touches any of them and say which nodes cannot take the release.
+  - A node whose C(current) already is the release (given by digest), installed and recorded healthy, answers at once
+    from its own record, without asking the registry, and says so in RV(running); the rollout then leaves it alone.
   - Runs on managed nodes with the Python standard library only.
 extends_documentation_fragment:
   - sciops.fleet.registry
@@ -56,6 +58,13 @@ reasons:
   type: list
   elements: str
   sample: ["architecture aarch64 is not one of x86_64", "command(s) not found: squashfuse"]
+running:
+  description:
+    - When the node already runs the release as C(current), installed and healthy, the application, version and
+      C(oldstable) release (or null); otherwise null.
+  returned: always
+  type: dict
+  sample: {application: qserv, version: 1.4.0, oldstable: null}
 release_id:
   description: The release's digest, when it could be read.
   returned: when the release could be read
@@ -72,8 +81,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import registry_options
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import parse_reference
 from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec
-from ansible_collections.sciops.fleet.plugins.module_utils._release_node import artifact_sizes, fetch_release, preflight
+from ansible_collections.sciops.fleet.plugins.module_utils._release_node import artifact_sizes, fetch_release, preflight, running_release
 
 
 def main():
@@ -83,13 +93,20 @@ def main():
     )
     params = module.params
     try:
+        pinned = parse_reference(params["release"]).digest
+    except OciError:
+        pinned = None
+    running = running_release(pinned, params["state_root"], params["facts_dir"]) if pinned else None
+    if running:
+        module.exit_json(changed=False, ok=True, reasons=[], release_id=pinned, node={}, running=running)
+    try:
         release, digest, _reference = fetch_release(params["release"], registry_options(params))
     except OciError as exc:
-        module.exit_json(changed=False, ok=False, reasons=[f"the release cannot be read: {exc}"])
+        module.exit_json(changed=False, ok=False, reasons=[f"the release cannot be read: {exc}"], running=None)
     sizes, unreadable = artifact_sizes(release, registry_options(params))
     ok, reasons, facts = preflight(release, params["state_root"], sizes)
     reasons += unreadable
-    module.exit_json(changed=False, ok=ok and not unreadable, reasons=reasons, release_id=digest, node=facts)
+    module.exit_json(changed=False, ok=ok and not unreadable, reasons=reasons, release_id=digest, node=facts, running=None)
 
 
 if __name__ == "__main__":

@@ -98,13 +98,18 @@ def test_batches_revert_the_failed_node_and_leave_later_batches_untouched(regist
     assert run.rc == 0, run
     assert set(_versions(fleet).values()) == {"1.0.0"}
 
-    # Second rollout of the same release: nothing changes anywhere and nothing is downloaded.
+    # Second rollout of the same release: nothing changes anywhere and nothing is downloaded - the nodes answer
+    # from their own records and do not even ask the registry (only the controller resolves the release).
+    mark = len(registry.access_log())
     again = _rollout(ansible, fleet, registry, v1["reference"])
     assert again.rc == 0, again
     assert all(again.stats["changed"].get(name, 0) == 0 for name in fleet.names), again.stats
-    installs = [r for results in again.ok.values() for r in results if "artifacts" in r and "release_id" in r]
-    assert len(installs) == len(fleet.names)
-    assert all(r["transfer"]["bytes_downloaded"] == 0 and not r["changed"] for r in installs)
+    preflights = [r for results in again.ok.values() for r in results if "running" in r and "reasons" in r]
+    assert len(preflights) == len(fleet.names) and all(r["running"]["version"] == "1.0.0" for r in preflights)
+    assert not [r for results in again.ok.values() for r in results if "artifacts" in r and "release_id" in r]
+    log = registry.access_log()[mark:]
+    assert not [line for line in log if "/v2/build/" in line], log  # no artifact touched
+    assert len([line for line in log if "/v2/releases/greeter/" in line]) <= 4, log  # the controller's resolve only
 
     # v2: node3, in the second batch, fails its health check.
     v2 = _publish(registry, run_module, tmp_path, "2.0.0")

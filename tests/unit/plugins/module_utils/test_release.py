@@ -8,11 +8,13 @@ import copy
 import io
 import json
 import os
+import shutil
 import tarfile
 
 import pytest
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file
 from ansible_collections.sciops.fleet.plugins.module_utils._release import (
     ReleaseError,
     canonical_json,
@@ -304,3 +306,60 @@ def test_previous_and_versions_name_installed_releases(tmp_path):
     assert choose_release(state, record, "r3") == _digest(3)  # the test's versions are the names
     with pytest.raises(OciError, match="9.9 is not installed on this node"):
         choose_release(state, record, "9.9")
+
+
+def _layout_release(tmp_path, payload):
+    from ansible_collections.sciops.fleet.plugins.module_utils._oci_layout import LayoutStore  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import describe_file, push_artifact  # pylint: disable=import-outside-toplevel
+    source = tmp_path / "in" / "tool.bin"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_bytes(payload)
+    source.chmod(0o644)
+    store = LayoutStore(str(tmp_path / "layout"), create=True)
+    pushed = push_artifact(store, None, ["1.0"], [describe_file(str(source))])
+    return validate_release({"schema_version": 1, "application": "hello", "version": "1.0", "protocol": "1",
+                             "artifacts": [{"name": "bin", "install": "files",
+                                            "reference": f"oci-layout:{tmp_path / 'layout'}@{pushed['digest']}"}]})
+
+
+def test_install_links_files_from_the_cache_and_records_their_verified_digest(tmp_path):
+    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import drift, install_release  # pylint: disable=import-outside-toplevel
+    payload = bytes(range(256)) * 4096
+    release = _layout_release(tmp_path, payload)
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    cache = tmp_path / "cache"
+    first = install_release(state, release, _digest(1), {}, cache_dir=str(cache))
+    placed = os.path.join(first["path"], "bin", "tool.bin")
+    # One copy of the bytes on disk: the release file is the cache entry's inode, not a second copy.
+    assert os.stat(placed).st_nlink == 2 and open(placed, "rb").read() == payload
+    with open(os.path.join(first["path"], FILES_RECORD), encoding="utf-8") as handle:
+        recorded = json.load(handle)["files"]["bin/tool.bin"]
+    assert recorded["digest"] == digest_file(placed)[0] and recorded["size"] == len(payload)
+    assert drift(state, first["name"]) == {"changed": [], "missing": [], "added": []}
+    # A damaged cache entry is never linked into a new release: it is checked, dropped and fetched again.
+    entry = [os.path.join(base, n) for base, _d, names in os.walk(cache / "blobs") for n in names
+             if os.path.samefile(os.path.join(base, n), placed)][0]
+    shutil.rmtree(first["path"])
+    with open(entry, "r+b") as handle:
+        handle.write(b"\xff" if payload[:1] != b"\xff" else b"\x00")
+    again = install_release(AppState("hello", str(tmp_path / "state2"), str(tmp_path / "facts2")), release, _digest(1), {},
+                            cache_dir=str(cache))
+    with open(os.path.join(again["path"], "bin", "tool.bin"), "rb") as handle:
+        assert handle.read() == payload
+
+
+def test_a_node_running_the_release_healthy_is_found_from_its_record(tmp_path):
+    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import running_release  # pylint: disable=import-outside-toplevel
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    _installed(state, "r1", _digest(1), "installed", "2026-01-01T00:00:00Z")
+    switch_release(state, _digest(1))
+    where = (str(tmp_path / "state"), str(tmp_path / "facts"))
+    assert running_release(_digest(1), *where) is None  # not yet known to be healthy
+    record = state.load()
+    record["releases"]["r1"]["status"] = "good"
+    state.save(record)
+    assert running_release(_digest(1), *where) == {"application": "hello", "version": "r1", "oldstable": None}
+    assert running_release(_digest(2), *where) is None
+    os.unlink(os.path.join(state.release_path("r1"), FILES_RECORD))  # an unfinished tree is not running
+    assert running_release(_digest(1), *where) is None
+    assert running_release(_digest(1), str(tmp_path / "state"), str(tmp_path / "nowhere")) is None
