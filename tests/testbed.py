@@ -615,6 +615,26 @@ def _prepare_root(root: str) -> None:
 # fleet
 
 
+# Every node's systemd, journald, logind and dbus take inotify instances from the host's per-user limit (the nodes
+# run as the host's root). Debian's default of 128 is used up by two six-node fleets at once, and a node then boots
+# degraded ("Failed to create inotify object: Too many open files").
+INOTIFY_INSTANCES = 1024
+INOTIFY_SYSCTL = "/proc/sys/fs/inotify/max_user_instances"
+
+
+def _ensure_inotify_instances() -> None:
+    """Raise the host's fs.inotify.max_user_instances to INOTIFY_INSTANCES when it is lower (root only)."""
+    try:
+        with open(INOTIFY_SYSCTL, encoding="ascii") as handle:
+            current = int(handle.read().strip())
+        if current < INOTIFY_INSTANCES:
+            with open(INOTIFY_SYSCTL, "w", encoding="ascii") as handle:
+                handle.write(f"{INOTIFY_INSTANCES}\n")
+            _log(f"raised fs.inotify.max_user_instances from {current} to {INOTIFY_INSTANCES} (each node runs systemd)")
+    except (OSError, ValueError) as exc:
+        _log(f"could not raise fs.inotify.max_user_instances ({exc}); several fleets at once may boot degraded")
+
+
 class Fleet:
     """N nspawn nodes with real systemd and sshd, node N reachable over SSH at NET.N."""
 
@@ -664,6 +684,7 @@ class Fleet:
             raise TestbedError("the test fleet needs root (systemd-nspawn and overlay mounts)")
         if not 1 <= self.count <= 250:
             raise TestbedError(f"--nodes must be between 1 and 250, not {self.count}")
+        _ensure_inotify_instances()
         root = node_root()
         os.makedirs(self.state_dir, exist_ok=True)
         if not os.path.exists(self.key_path):
