@@ -7,6 +7,9 @@ set -euo pipefail
 declare -A WANT=(
   [docker-registry]=docker-registry
   [rpmbuild]=rpm
+  [rpmsign]=rpm
+  [gpg]=gnupg
+  [gpgconf]=gnupg
   [mksquashfs]=squashfs-tools
   [unsquashfs]=squashfs-tools
   [createrepo_c]=createrepo-c

@@ -19,7 +19,7 @@ Schema version 1 (``docs/releases.md`` documents every field)::
     artifacts:
       - name: bin
         reference: registry.example.org/build/qserv-bin@sha256:...
-        install: files        # files | extract | squashfs | mount | unpack
+        install: files        # files | extract | squashfs | mount | unpack | rpm
         mount_point: /opt/envs/qserv   # mount and unpack: a link to current/<name> on the node
     configs:
       - source: bin/qserv.conf.in
@@ -47,7 +47,8 @@ SCHEMA_VERSION = 1
 RELEASE_ARTIFACT_TYPE = "application/vnd.sciops.fleet.release.v1+json"
 RELEASE_FILE = "release.json"
 RELEASE_SOURCE_FILE = "release.yaml"
-INSTALL_KINDS = ("files", "extract", "squashfs", "mount", "unpack")
+# rpm: RPM files, installed with rpm when current is switched (sciops.fleet.rpm_build).
+INSTALL_KINDS = ("files", "extract", "squashfs", "mount", "unpack", "rpm")
 # Environment images (sciops.fleet.env_build): mounted read-only in the release, or unpacked into it.
 IMAGE_KINDS = ("mount", "unpack")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")

@@ -52,6 +52,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._release import (
     release_dir_name,
     validate_release,
 )
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm_version import evr_compare
 
 DEFAULT_STATE_ROOT = "/var/lib/sciops-fleet"
 DEFAULT_FACTS_DIR = "/etc/ansible/facts.d"
@@ -299,6 +300,7 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
         os.makedirs(staging)
         cache = BlobCache(cache_dir) if cache_dir else None
         mounts = []
+        packages = []
         placed = {}  # files verified on placement: not hashed again for the files record
         for artifact in release["artifacts"]:
             reference = parse_reference(artifact["reference"])
@@ -306,6 +308,12 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
             dest = os.path.join(staging, artifact["name"])
             pulled = pull_artifact(store, reference.repository, artifact["digest"], dest, str(reference), cache=cache,
                                    expected_digest=artifact["digest"], link=True)
+            if artifact["install"] == "rpm":
+                not_rpm = [item["name"] for item in pulled["files"] if not item["name"].endswith(".rpm")]
+                if not_rpm:
+                    raise OciError(f"artifact {artifact['name']} of {release['application']} {release['version']} is "
+                                   f"installed as rpm but holds {', '.join(not_rpm)}; push only .rpm files in it")
+                packages.extend(_rpm_header(item["path"]) for item in pulled["files"])
             if artifact["install"] == "extract":
                 for item in pulled["files"]:
                     if item["name"].endswith(ARCHIVE_SUFFIXES):
@@ -348,6 +356,10 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
         record = state.load()
         record["releases"][name] = {"digest": digest, "version": release["version"], "protocol": release["protocol"],
                                     "role": release["role"], "installed_at": now(), "status": "installed"}
+        if packages:
+            for package in packages:
+                package["file"] = os.path.relpath(package.pop("path"), staging)
+            record["releases"][name]["packages"] = packages
         state.save(record)
     return outcome
 
@@ -487,6 +499,80 @@ def deactivate_images(release_dir):
         subprocess.run(["systemctl", "daemon-reload"], capture_output=True, check=False)
 
 
+# -- RPM packages -------------------------------------------------------------------------------
+
+_RPM_QF = "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\t%{ARCH}\\n"
+
+
+def _rpm(argv, what):
+    try:
+        result = subprocess.run(["rpm"] + argv, capture_output=True, text=True, check=False, timeout=600)
+    except FileNotFoundError:
+        raise OciError(f"{what}: the rpm tool is not installed on this node; install the rpm package") from None
+    return result
+
+
+def _display_evr(evr):
+    """``0:1.0-1`` -> ``1.0-1``: the epoch only when there is one."""
+    return evr[2:] if evr.startswith("0:") else evr
+
+
+def _rpm_header(path):
+    """Name, EVR and arch of the RPM file at PATH (read with rpm -qp), and PATH."""
+    result = _rpm(["-qp", "--nosignature", "--qf", _RPM_QF, path], f"reading {os.path.basename(path)}")
+    if result.returncode != 0 or not result.stdout.strip():
+        raise OciError(f"{os.path.basename(path)} is not a readable RPM: {(result.stderr or result.stdout).strip()}")
+    name, evr, arch = result.stdout.strip().splitlines()[-1].split("\t")
+    return {"name": name, "evr": _display_evr(evr), "arch": arch, "path": path}
+
+
+def installed_rpm(name):
+    """The EVR of package NAME in this node's rpm database, or None."""
+    result = _rpm(["-q", "--qf", _RPM_QF, name], f"asking rpm for {name}")
+    if result.returncode != 0:
+        return None
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines() if "\t" in line]
+    return _display_evr(lines[-1][1]) if lines else None
+
+
+def rpm_plan(state, record, name):
+    """What switching to release NAME does to its RPM packages: per package name, file, wanted and installed
+    EVR, and the action (install, upgrade, downgrade, keep)."""
+    plan = []
+    for package in (record["releases"].get(name) or {}).get("packages") or []:
+        installed = installed_rpm(package["name"])
+        if installed is None:
+            action = "install"
+        else:
+            order = evr_compare(package["evr"], installed)
+            action = "keep" if order == 0 else ("upgrade" if order > 0 else "downgrade")
+        plan.append({"name": package["name"], "evr": package["evr"], "arch": package["arch"], "installed": installed,
+                     "action": action, "file": os.path.join(state.release_path(name), package["file"])})
+    return plan
+
+
+def apply_rpms(plan, downgrade=False, nodeps=False, check_mode=False):
+    """Install the packages of PLAN that differ from the node's in one rpm transaction (``rpm -U``; with
+    ``--oldpackage`` for a downgrade, which DOWNGRADE must allow). Returns whether anything changed."""
+    lowered = [p for p in plan if p["action"] == "downgrade"]
+    if lowered and not downgrade:
+        listing = ", ".join(f"{p['name']} {p['installed']} -> {p['evr']}" for p in lowered)
+        raise OciError(f"switching would downgrade the RPM package(s) {listing}; allow it explicitly with "
+                       "rpm_downgrade (rollout_rpm_downgrade in the rollout)")
+    todo = [p for p in plan if p["action"] != "keep"]
+    if not todo or check_mode:
+        return bool(todo)
+    argv = ["-U", "--quiet"] + (["--oldpackage"] if lowered else []) + (["--nodeps"] if nodeps else [])
+    result = _rpm(argv + [p["file"] for p in todo], "installing RPM packages")
+    if result.returncode != 0:
+        detail = " | ".join((result.stderr + result.stdout).strip().splitlines()[-8:])
+        hint = "; on a node whose rpm database does not list the system's own packages (Debian) set rpm_nodeps" \
+            if "Failed dependencies" in detail or "is needed by" in detail else ""
+        raise OciError(f"rpm -U of {', '.join(p['name'] + '-' + p['evr'] for p in todo)} failed (exit "
+                       f"{result.returncode}): {detail}{hint}")
+    return True
+
+
 # -- switch and prune ---------------------------------------------------------------------------
 
 
@@ -525,7 +611,7 @@ def release_services(state, name):
 
 
 def switch_release(state, digest, slot="current", keep=3, protect=(), reason="rollout", check_mode=False,
-                   keep_oldstable=False):
+                   keep_oldstable=False, rpm_downgrade=False, rpm_nodeps=False):
     """Point SLOT at the installed release DIGEST, record it, and prune old releases.
 
     With KEEP_OLDSTABLE, switching ``current`` to a release of another protocol first points ``oldstable`` at
@@ -533,7 +619,11 @@ def switch_release(state, digest, slot="current", keep=3, protect=(), reason="ro
 
     Keeps the KEEP most recently used releases that did not fail, and never removes what a slot points
     to or what PROTECT names (digests). Returns a dict: changed, from, to, pruned, services, oldstable
-    (what oldstable points to afterwards), oldstable_moved, and oldstable_from (what it pointed to before).
+    (what oldstable points to afterwards), oldstable_moved, and oldstable_from (what it pointed to before),
+    packages (the RPM plan when switching current).
+
+    The RPM packages of the release switched to become the node's (``rpm -U``) before ``current`` moves: rpm holds
+    one version of a package, so they follow ``current``, never ``oldstable``.
     """
     if slot not in SLOTS:
         raise OciError(f"slot must be one of {', '.join(SLOTS)}, not {slot!r}")
@@ -555,6 +645,10 @@ def switch_release(state, digest, slot="current", keep=3, protect=(), reason="ro
         outcome["oldstable_from"] = release_summary(record, old_oldstable) if old_oldstable else None
     after_oldstable = pending.get("oldstable", name if slot == "oldstable" else old_oldstable)
     outcome["oldstable"] = release_summary(record, after_oldstable) if after_oldstable else None
+    outcome["packages"] = rpm_plan(state, record, name) if slot == "current" else []
+    if outcome["packages"]:
+        rpm_changed = apply_rpms(outcome["packages"], rpm_downgrade, rpm_nodeps, check_mode)
+        outcome["changed"] = outcome["changed"] or rpm_changed
     if check_mode:
         outcome["pruned"] = _prune_plan(state, record, keep, protect, pending)
         outcome["changed"] = outcome["changed"] or bool(outcome["pruned"])
@@ -749,7 +843,10 @@ def preflight(release, state_root, artifact_sizes):
     memory = _memory_mb()
     if needs["memory_mb"] and memory is not None and memory < needs["memory_mb"]:
         reasons.append(f"{memory} MiB of memory, the release needs {needs['memory_mb']} MiB")
-    missing = [c for c in needs["commands"] if shutil.which(c) is None]
+    commands = list(needs["commands"])
+    if any(a["install"] == "rpm" for a in release["artifacts"]) and "rpm" not in commands:
+        commands.append("rpm")  # the release installs RPM packages
+    missing = [c for c in commands if shutil.which(c) is None]
     if missing:
         reasons.append(f"command(s) not found: {', '.join(missing)}")
     features = _kernel_features()
@@ -826,4 +923,13 @@ def application_status(state):
         status[slot] = entry
     current = status["current"]
     status["drift"] = drift(state, current["name"]) if current and current["working"] else None
+    status["packages"] = []
+    recorded = (record["releases"].get(current["name"]) or {}).get("packages") if current else None
+    for package in recorded or []:
+        installed = installed_rpm(package["name"])
+        label = f"{package['name']}-{installed}" if installed else f"{package['name']} (not installed)"
+        if installed and installed != package["evr"]:
+            label += f" (release wants {package['evr']})"
+        status["packages"].append({"name": package["name"], "wanted": package["evr"], "installed": installed,
+                                   "label": label})
     return status

@@ -13,7 +13,13 @@ description:
     verified and cached download of M(sciops.fleet.oras_pull), and installs them into
     C(<state_root>/<application>/releases/<version>-<short digest>/).
   - C(files) artifacts are placed as they are, C(extract) artifacts have their tar archives unpacked (members that would
-    land outside the release, devices and links pointing out are refused), C(squashfs) images are placed for mounting.
+    land outside the release, devices and links pointing out are refused), C(squashfs) images are placed for mounting,
+    and C(rpm) artifacts (only C(.rpm) files) are placed and their package names and versions recorded;
+    M(sciops.fleet.release_switch) installs them with C(rpm) when it switches C(current) to the release.
+  - Environment images (M(sciops.fleet.env_build)) are C(mount) artifacts, mounted read-only at
+    C(releases/<id>/<name>) by an enabled systemd C(.mount) unit (the kernel's squashfs through a loop device, or
+    squashfuse where there are no loop devices), or C(unpack) artifacts, unpacked into it. An artifact's C(mount_point)
+    becomes a link to C(<application>/current/<name>). See C(docs/environments.md).
   - Configuration files are rendered from the release's templates with C($name) / C(${name}) variables (Python's
     C(string.Template)); a variable no one defines is an error naming the config and the variable.
   - The release is built in a staging directory and renamed into place once complete, so a half-installed release

@@ -81,8 +81,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import registry_options
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import parse_reference
-from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec, release_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._release_node import artifact_sizes, fetch_release, preflight, running_release
 
 
@@ -93,8 +92,8 @@ def main():
     )
     params = module.params
     try:
-        pinned = parse_reference(params["release"]).digest
-    except OciError:
+        pinned = release_digest(params["release"])
+    except OciError:  # given by tag: ask the registry
         pinned = None
     running = running_release(pinned, params["state_root"], params["facts_dir"]) if pinned else None
     if running:

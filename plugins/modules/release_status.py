@@ -45,7 +45,9 @@ RETURN = r"""
 status:
   description:
     - C(current) and C(oldstable) (each name, digest, version, protocol, status, since, working, or null), C(installed)
-      (name, version, status of each), and C(drift) of the current release (changed, missing, added).
+      (name, version, status of each), C(drift) of the current release (changed, missing, added), and C(packages),
+      the current release's RPM packages with the version it wants, the version the rpm database has, and a
+      C(label) for reports.
   returned: success
   type: dict
   sample:
@@ -55,6 +57,7 @@ status:
     oldstable: null
     installed: [{name: 1.4.0-6c3c624b58db, version: 1.4.0, status: good}]
     drift: {changed: [], missing: [], added: []}
+    packages: [{name: qserv, wanted: 1.4.0-2, installed: 1.4.0-2, label: qserv-1.4.0-2}]
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -17,6 +17,10 @@ description:
   - Prunes old releases down to O(keep), counting only releases that did not fail, ordered by when they were last
     current (not by file times), and never removing what a slot points to or what O(protect) names. Failed releases
     are removed as soon as nothing holds them.
+  - When C(current) is switched to a release with C(install=rpm) artifacts, its RPM packages become the node's before
+    the link moves, in one C(rpm -U) transaction for the packages whose installed version differs; a package whose
+    version would go down is refused unless O(rpm_downgrade) (then C(--oldpackage)). rpm holds one version of a
+    package, so packages follow C(current) only. See C(docs/rpm.md).
   - Runs on managed nodes with the Python standard library only.
 extends_documentation_fragment:
   - sciops.fleet.release_node
@@ -78,6 +82,19 @@ options:
     description: Why the switch happens, for the record (C(rollout), C(revert), C(rollback), ...).
     type: str
     default: rollout
+  rpm_downgrade:
+    description:
+      - Allow the switch to install an older version of an RPM package of the release than the node has
+        (C(rpm -U --oldpackage)). Without it such a switch fails and changes nothing.
+    type: bool
+    default: false
+  rpm_nodeps:
+    description:
+      - Install the release's RPM packages with C(--nodeps). Needed where the rpm database does not list what the system
+        provides (a Debian node knows its packages through dpkg, so C(/bin/sh) or C(libc.so.6) requires are unknown to
+        rpm); requires between the release's own packages are then not checked either.
+    type: bool
+    default: false
 seealso:
   - module: sciops.fleet.release_install
   - module: sciops.fleet.release_health
@@ -153,6 +170,15 @@ oldstable_from:
   returned: success
   type: dict
   sample: null
+packages:
+  description:
+    - For a switch of C(current), the release's RPM packages with the version wanted (C(evr)), the version the node had
+      (C(installed), null when none) and the C(action) taken (C(install), C(upgrade), C(downgrade), C(keep)).
+  returned: success
+  type: list
+  elements: dict
+  sample: [{name: qserv, evr: 1.4.0-2, arch: x86_64, installed: 1.4.0-1, action: upgrade,
+            file: /var/lib/sciops-fleet/qserv/releases/1.4.0-6c3c624b58db/rpms/qserv-1.4.0-2.x86_64.rpm}]
 pruned:
   description: Release directory names removed.
   returned: success
@@ -180,6 +206,8 @@ def main():
             keep={"type": "int", "default": 3},
             protect={"type": "list", "elements": "str", "default": []},
             reason={"type": "str", "default": "rollout"},
+            rpm_downgrade={"type": "bool", "default": False},
+            rpm_nodeps={"type": "bool", "default": False},
         ),
         required_if=[("state", "present", ["release"])],
         supports_check_mode=True,
@@ -199,12 +227,13 @@ def main():
                 wanted = release_digest(wanted)
             digest = choose_release(state, state.load(), wanted)
             outcome = switch_release(state, digest, params["slot"], params["keep"], protect, params["reason"],
-                                     module.check_mode, keep_oldstable=params["keep_oldstable"])
+                                     module.check_mode, keep_oldstable=params["keep_oldstable"],
+                                     rpm_downgrade=params["rpm_downgrade"], rpm_nodeps=params["rpm_nodeps"])
     except OciError as exc:
         fail_from(module, exc)
     except OSError as exc:
         module.fail_json(msg=f"switching {params['application']} to {params['release']} failed: {exc}", error_type="OSError")
-    keys = ("changed", "from", "to", "pruned", "services", "oldstable", "oldstable_moved", "oldstable_from")
+    keys = ("changed", "from", "to", "pruned", "services", "oldstable", "oldstable_moved", "oldstable_from", "packages")
     result = {key: outcome[key] for key in keys if key in outcome}
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = {"before": f"{params['slot']}: {(outcome['from'] or {}).get('name')}\n",
