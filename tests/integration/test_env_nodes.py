@@ -2,13 +2,15 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Environment images built here, pushed to the real registry, rolled out to real nodes over SSH and run there.
 
-The nodes have no loop devices: a mounted image is mounted through squashfuse by a systemd .mount unit.
+The nodes have no loop devices: a mounted image is mounted through squashfuse by a systemd .mount unit. One test
+lends a node the host's loop devices, and the same unit then mounts the image with the kernel's squashfs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 
 import pytest
@@ -117,3 +119,36 @@ def test_a_venv_image_runs_its_console_script_from_the_mount_point(registry, fle
         assert ran.returncode == 0 and "| moo |" in ran.stdout, (name, ran)
         where = _run_on(fleet, name, "/opt/envs/cowsay/bin/python -c 'import cowsay, sys; print(sys.prefix, cowsay.__file__)'")
         assert where.stdout.split() == ["/opt/envs/cowsay", "/opt/envs/cowsay/lib/python3.11/site-packages/cowsay/__init__.py"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/loop-control"), reason="the host has no loop devices to lend a node")
+def test_a_node_with_loop_devices_mounts_the_image_with_the_kernels_squashfs(registry, fleet, ansible, run_module, tmp_path):
+    # A node that is a VM or a machine has loop devices; the test nodes do not. node1 gets the host's (device nodes
+    # of the same numbers) for this test: the .mount unit then mounts through a loop device, not through squashfuse.
+    node = fleet.names[0]
+    make = "mknod -m 660 /dev/loop-control c 10 237; for i in $(seq 0 63); do mknod -m 660 /dev/loop$i b 7 $i; done"
+    assert _run_on(fleet, node, make).returncode == 0
+    try:
+        recipe = envkit.greeter_recipe(tmp_path, closure=True)
+        built = run_module("env_build", recipe=str(recipe), dest=str(tmp_path / "greeter.squashfs"))
+        assert not built.get("failed"), built
+        release = _publish_env(registry, run_module, tmp_path / "greeter.squashfs", "loopgreeter", "1.0.0", "mount",
+                               "/opt/envs/loopgreeter")
+        run = ansible(fleet.inventory_path, playbook=ROLLOUT, extravars={
+            "rollout_release": release, "rollout_plain_http": True, "rollout_batches": ["100%"], "rollout_hosts": node})
+        assert run.rc == 0, run
+        ran = _run_on(fleet, node, "/opt/envs/loopgreeter/bin/greeter loop")
+        assert ran.returncode == 0 and ran.stdout == "hello from libgreet 1, loop\n", ran
+        mounted = _run_on(fleet, node, "findmnt -n -o FSTYPE,SOURCE,OPTIONS "
+                                       "--target /var/lib/sciops-fleet/loopgreeter/current/env/bin").stdout.split()
+        assert mounted[0] == "squashfs" and mounted[1].startswith("/dev/loop") and "ro" in mounted[2].split(","), mounted
+        backing = _run_on(fleet, node, f"losetup -n -O BACK-FILE {mounted[1]}").stdout.strip()
+        assert backing.startswith("/var/lib/sciops-fleet/loopgreeter/releases/") and backing.endswith("/.images/env.squashfs"), backing
+        # Retiring the release's mount gives the loop device back.
+        unit = _run_on(fleet, node, "systemctl list-units --type=mount --state=active --no-legend --plain "
+                                    "| awk '/loopgreeter/ {print $1}'").stdout.split()
+        assert len(unit) == 1, unit
+        assert _run_on(fleet, node, f"systemctl disable --now {shlex.quote(unit[0])}").returncode == 0
+        assert _run_on(fleet, node, f"losetup -n -O BACK-FILE {mounted[1]}").stdout.strip() == ""
+    finally:
+        _run_on(fleet, node, "rm -f /dev/loop-control /dev/loop[0-9]*")
