@@ -134,11 +134,15 @@ def main():
         module_times, direct_times = [], []
         for round_no in range(options.rounds):
             dest = os.path.join(work, f"out-{round_no}")
-            elapsed, rpm_size = run_rpm_build(tree, dest)
-            module_times.append(elapsed)
-            shutil.rmtree(dest)
-            direct, direct_size = run_rpmbuild(tree, os.path.join(work, f"direct-{round_no}"), "w3T0.zstdio")
-            direct_times.append(direct)
+            # Which one runs first alternates, so that neither always meets the other's after-effects.
+            for which in (("module", "direct") if round_no % 2 == 0 else ("direct", "module")):
+                if which == "module":
+                    elapsed, rpm_size = run_rpm_build(tree, dest)
+                    module_times.append(elapsed)
+                    shutil.rmtree(dest)
+                else:
+                    direct, direct_size = run_rpmbuild(tree, os.path.join(work, f"direct-{round_no}"), "w3T0.zstdio")
+                    direct_times.append(direct)
             print(f"round {round_no + 1}: rpm_build {elapsed:.1f} s ({rpm_size / 2**20:.0f} MiB), "
                   f"rpmbuild {direct:.1f} s ({direct_size / 2**20:.0f} MiB)")
         best_module, best_direct = min(module_times), min(direct_times)

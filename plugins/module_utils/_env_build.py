@@ -46,7 +46,13 @@ import tarfile
 import tempfile
 import time
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir, link_unsupported
+from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import (
+    DocumentError,
+    atomic_write,
+    fsync_dir,
+    link_unsupported,
+    read_document,
+)
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file
 from ansible_collections.sciops.fleet.plugins.module_utils._release import _NAME_RE, _VERSION_RE, _Checker
 
@@ -258,17 +264,11 @@ def default_views(recipe):
 def load_recipe(path):
     """Read and validate the recipe file PATH (YAML or JSON)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        data = read_document(path)  # a build host without PyYAML can still read a JSON recipe
     except OSError as exc:
         raise EnvBuildError(f"recipe {path} cannot be read: {exc.strerror}; give the path of an existing recipe file") from None
-    try:
-        import yaml  # pylint: disable=import-outside-toplevel
-        data = yaml.safe_load(text)
-    except ImportError:  # a build host without PyYAML can still read a JSON recipe
-        data = json.loads(text)
-    except Exception as exc:  # pylint: disable=broad-exception-caught
-        raise RecipeError(path, [f"is not YAML: {exc}"]) from None
+    except DocumentError as exc:
+        raise RecipeError(path, [str(exc)]) from None
     return validate_recipe(data, path, os.path.dirname(os.path.abspath(path)))
 
 

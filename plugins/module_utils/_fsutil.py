@@ -1,13 +1,15 @@
 # Copyright (c) sciops.fleet contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module is private to sciops.fleet; its API may change without notice.
-"""Durable file system primitives: temp files, atomic replace with fsync, directory locks."""
+"""Durable file system primitives: temp files, atomic replace with fsync, directory locks; reading a JSON or YAML
+document."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import json
 import os
 
 # New files get the same permissions open() would give them (0666 minus the umask);
@@ -93,3 +95,30 @@ def locked(path, shared=False):
         yield
     finally:
         os.close(fd)
+
+
+class DocumentError(ValueError):
+    """A file that is neither JSON nor YAML. ``needs_yaml`` is true when it is not JSON and PyYAML is missing."""
+
+    def __init__(self, message, needs_yaml=False):
+        super().__init__(message)
+        self.needs_yaml = needs_yaml
+
+
+def read_document(path):
+    """The data of the JSON or YAML file at PATH (JSON needs nothing beyond the standard library, YAML needs PyYAML).
+    Raises OSError when PATH cannot be read and DocumentError when it cannot be parsed."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        import yaml  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise DocumentError("is not JSON, and reading YAML needs PyYAML on this host", needs_yaml=True) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DocumentError(f"is not valid YAML: {exc}") from None

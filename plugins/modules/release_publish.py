@@ -110,12 +110,12 @@ release:
   sample: {application: qserv, version: 1.4.0, protocol: "7", role: server}
 """
 
-import json
 import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import DocumentError, read_document
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import NotFoundError, OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import describe_file, push_artifact
 from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import (
@@ -138,23 +138,14 @@ from ansible_collections.sciops.fleet.plugins.module_utils._release import (
 def read_manifest(path):
     """The parsed manifest file at PATH (JSON, or YAML when PyYAML is there)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        return read_document(path)
     except OSError as exc:
         raise OciError(f"manifest: cannot read {path}: {exc.strerror}") from None
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    try:
-        import yaml  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        raise OciError(f"manifest: {path} is not JSON, and reading YAML needs PyYAML on this host; "
-                       "run the task on the controller, or pass release: \"{{ lookup('file', path) | from_yaml }}\"") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ReleaseError(path, [f"not valid YAML: {exc}"]) from None
+    except DocumentError as exc:
+        if exc.needs_yaml:
+            raise OciError(f"manifest: {path} {exc}; run the task on the controller, or pass "
+                           "release: \"{{ lookup('file', path) | from_yaml }}\"") from None
+        raise ReleaseError(path, [str(exc)]) from None
 
 
 def check_artifacts(release, params):
