@@ -535,9 +535,10 @@ def installed_rpm(name):
     return _display_evr(lines[-1][1]) if lines else None
 
 
-def rpm_plan(state, record, name):
-    """What switching to release NAME does to its RPM packages: per package name, file, wanted and installed
-    EVR, and the action (install, upgrade, downgrade, keep)."""
+def rpm_plan(state, record, name, previous=None):
+    """What switching from release PREVIOUS to release NAME does to the RPM packages: per package name, file, wanted
+    and installed EVR, and the action (install, upgrade, downgrade, keep; erase for a package of PREVIOUS that NAME
+    no longer ships and that is installed)."""
     plan = []
     for package in (record["releases"].get(name) or {}).get("packages") or []:
         installed = installed_rpm(package["name"])
@@ -548,20 +549,44 @@ def rpm_plan(state, record, name):
             action = "keep" if order == 0 else ("upgrade" if order > 0 else "downgrade")
         plan.append({"name": package["name"], "evr": package["evr"], "arch": package["arch"], "installed": installed,
                      "action": action, "file": os.path.join(state.release_path(name), package["file"])})
+    shipped = {package["name"] for package in plan}
+    if previous and previous != name:
+        for package in (record["releases"].get(previous) or {}).get("packages") or []:
+            installed = installed_rpm(package["name"]) if package["name"] not in shipped else None
+            if installed is not None:
+                plan.append({"name": package["name"], "evr": None, "arch": package["arch"], "installed": installed,
+                             "action": "erase", "file": None})
     return plan
 
 
 def apply_rpms(plan, downgrade=False, nodeps=False, check_mode=False):
     """Install the packages of PLAN that differ from the node's in one rpm transaction (``rpm -U``; with
-    ``--oldpackage`` for a downgrade, which DOWNGRADE must allow). Returns whether anything changed."""
+    ``--oldpackage`` for a downgrade, which DOWNGRADE must allow), then erase the packages the release no longer
+    ships (``rpm -e``) that are still installed. Returns whether anything changed."""
     lowered = [p for p in plan if p["action"] == "downgrade"]
     if lowered and not downgrade:
         listing = ", ".join(f"{p['name']} {p['installed']} -> {p['evr']}" for p in lowered)
         raise OciError(f"switching would downgrade the RPM package(s) {listing}; allow it explicitly with "
                        "rpm_downgrade (rollout_rpm_downgrade in the rollout)")
-    todo = [p for p in plan if p["action"] != "keep"]
-    if not todo or check_mode:
-        return bool(todo)
+    todo = [p for p in plan if p["action"] not in ("keep", "erase")]
+    gone = [p for p in plan if p["action"] == "erase"]
+    if not (todo or gone) or check_mode:
+        return bool(todo or gone)
+    if todo:
+        _rpm_upgrade(todo, bool(lowered), nodeps)
+    gone = [p for p in gone if installed_rpm(p["name"]) is not None]  # a new package may have obsoleted it
+    if gone:
+        result = _rpm(["-e", "--quiet"] + (["--nodeps"] if nodeps else []) + [p["name"] for p in gone],
+                      "erasing RPM packages")
+        if result.returncode != 0:
+            detail = " | ".join((result.stderr + result.stdout).strip().splitlines()[-8:])
+            raise OciError(f"rpm -e of {', '.join(p['name'] for p in gone)} (no longer in the release) failed (exit "
+                           f"{result.returncode}): {detail}; the release's own packages are installed, current still "
+                           "names the release before")
+    return True
+
+
+def _rpm_upgrade(todo, lowered, nodeps):
     argv = ["-U", "--quiet"] + (["--oldpackage"] if lowered else []) + (["--nodeps"] if nodeps else [])
     result = _rpm(argv + [p["file"] for p in todo], "installing RPM packages")
     if result.returncode != 0:
@@ -570,7 +595,6 @@ def apply_rpms(plan, downgrade=False, nodeps=False, check_mode=False):
             if "Failed dependencies" in detail or "is needed by" in detail else ""
         raise OciError(f"rpm -U of {', '.join(p['name'] + '-' + p['evr'] for p in todo)} failed (exit "
                        f"{result.returncode}): {detail}{hint}")
-    return True
 
 
 # -- switch and prune ---------------------------------------------------------------------------
@@ -645,7 +669,7 @@ def switch_release(state, digest, slot="current", keep=3, protect=(), reason="ro
         outcome["oldstable_from"] = release_summary(record, old_oldstable) if old_oldstable else None
     after_oldstable = pending.get("oldstable", name if slot == "oldstable" else old_oldstable)
     outcome["oldstable"] = release_summary(record, after_oldstable) if after_oldstable else None
-    outcome["packages"] = rpm_plan(state, record, name) if slot == "current" else []
+    outcome["packages"] = rpm_plan(state, record, name, before) if slot == "current" else []
     if outcome["packages"]:
         rpm_changed = apply_rpms(outcome["packages"], rpm_downgrade, rpm_nodeps, check_mode)
         outcome["changed"] = outcome["changed"] or rpm_changed

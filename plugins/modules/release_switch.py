@@ -19,8 +19,9 @@ description:
     are removed as soon as nothing holds them.
   - When C(current) is switched to a release with C(install=rpm) artifacts, its RPM packages become the node's before
     the link moves, in one C(rpm -U) transaction for the packages whose installed version differs; a package whose
-    version would go down is refused unless O(rpm_downgrade) (then C(--oldpackage)). rpm holds one version of a
-    package, so packages follow C(current) only. See C(docs/rpm.md).
+    version would go down is refused unless O(rpm_downgrade) (then C(--oldpackage)). Then the packages of the release
+    C(current) leaves that the new one no longer ships are erased (C(rpm -e)). rpm holds one version of a package, so
+    packages follow C(current) only. See C(docs/rpm.md).
   - Runs on managed nodes with the Python standard library only.
 extends_documentation_fragment:
   - sciops.fleet.release_node
@@ -173,7 +174,8 @@ oldstable_from:
 packages:
   description:
     - For a switch of C(current), the release's RPM packages with the version wanted (C(evr)), the version the node had
-      (C(installed), null when none) and the C(action) taken (C(install), C(upgrade), C(downgrade), C(keep)).
+      (C(installed), null when none) and the C(action) taken (C(install), C(upgrade), C(downgrade), C(keep)), and
+      the packages of the release left that the new one no longer ships, with C(action=erase) and C(evr) null.
   returned: success
   type: list
   elements: dict

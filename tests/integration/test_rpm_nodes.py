@@ -18,13 +18,27 @@ ROLLOUT = os.path.join(REPO, "playbooks", "rollout.yml")
 STATUS = os.path.join(REPO, "playbooks", "status.yml")
 
 
-def _build_and_publish(registry, run_module, tmp_path, app_version, conf):
+def _tools_package(run_module, tmp_path):
+    """A small third package, qserv-tools, that only one release ships."""
+    tool = tmp_path / "tools-tree" / "opt" / "qserv-tools" / "bin" / "qserv-admin"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\necho admin\n")
+    tool.chmod(0o755)
+    built = run_module("rpm_build", tree=str(tmp_path / "tools-tree"), dest=str(tmp_path / "rpms-tools"),
+                       source_date_epoch=1714521600,
+                       spec={"name": "qserv-tools", "version": "1.1.0", "summary": "Qserv administration tools",
+                             "license": "GPL-3.0-or-later", "prefix": "/opt/qserv-tools"})
+    assert not built.get("failed"), built
+    return built["files"][0]
+
+
+def _build_and_publish(registry, run_module, tmp_path, app_version, conf, tools=None):
     tree = stage_tree(tmp_path / f"tree-{app_version}", app_version=app_version, conf=conf)
     built = run_module("rpm_build", tree=tree, dest=str(tmp_path / f"rpms-{app_version}"), spec=qserv_spec(app_version))
     assert not built.get("failed"), built
     app, deps = built["files"]
     digests = {}
-    for name, path in (("qserv", app), ("qserv-deps", deps)):
+    for name, path in (("qserv", app), ("qserv-deps", deps)) + ((("qserv-tools", tools),) if tools else ()):
         pushed = run_module("oras_push", target=f"{registry.host}/build/{name}:{os.path.basename(path).replace('~', '_')[:100]}",
                             files=[{"path": path}], plain_http=True)
         assert not pushed.get("failed"), pushed
@@ -34,7 +48,8 @@ def _build_and_publish(registry, run_module, tmp_path, app_version, conf):
         "artifacts": [
             {"name": "app", "reference": f"{registry.host}/build/qserv@{digests['qserv']}", "install": "rpm"},
             {"name": "deps", "reference": f"{registry.host}/build/qserv-deps@{digests['qserv-deps']}", "install": "rpm"},
-        ],
+        ] + ([{"name": "tools", "reference": f"{registry.host}/build/qserv-tools@{digests['qserv-tools']}",
+               "install": "rpm"}] if tools else []),
         "requires": {"commands": ["rpm"]},
         "health": [{"command": f"test \"$(/opt/qserv/bin/qserv-version)\" = {app_version}", "timeout": 5}],
     }
@@ -60,7 +75,8 @@ def rpm_nodes(fleet):
     """The nodes, with the qserv packages and records removed again afterwards."""
     yield fleet
     for node in fleet.names:
-        fleet.ssh(node, "rpm -e --nodeps qserv qserv-deps >/dev/null 2>&1; rm -rf /opt/qserv /var/lib/sciops-fleet/qserv "
+        fleet.ssh(node, "for p in qserv qserv-deps qserv-tools; do rpm -e --nodeps $p >/dev/null 2>&1; done; rm -rf /opt/qserv /opt/qserv-tools "
+                        "/var/lib/sciops-fleet/qserv "
                         "/etc/ansible/facts.d/sciops_fleet_qserv.fact /var/cache/sciops-fleet", check=False)
 
 
@@ -68,7 +84,9 @@ def test_app_and_deps_install_upgrade_alone_downgrade_and_keep_the_edited_config
     fleet = rpm_nodes
     nodes = fleet.names
     v1, digests1 = _build_and_publish(registry, run_module, tmp_path, "1.0.0", "port = 7000\n")
-    v2, digests2 = _build_and_publish(registry, run_module, tmp_path, "1.1.0", "port = 7000\nthreads = 8\n")
+    # 1.1.0 also ships a third package, qserv-tools, which 1.0.0 does not have.
+    v2, digests2 = _build_and_publish(registry, run_module, tmp_path, "1.1.0", "port = 7000\nthreads = 8\n",
+                                      tools=_tools_package(run_module, tmp_path))
     # One tree, two packages: the new application build shipped the same dependency package, byte for byte.
     assert digests2["qserv-deps"] == digests1["qserv-deps"] and digests2["qserv"] != digests1["qserv"]
 
@@ -92,8 +110,8 @@ def test_app_and_deps_install_upgrade_alone_downgrade_and_keep_the_edited_config
     second = _rollout(ansible, fleet, v2["reference"])
     assert second.rc == 0, second
     for node in nodes:
-        installed = _rpm_q(fleet, node, "qserv", "qserv-deps")
-        assert installed["qserv"][0] == "1.1.0-1"
+        installed = _rpm_q(fleet, node, "qserv", "qserv-deps", "qserv-tools")
+        assert installed["qserv"][0] == "1.1.0-1" and installed["qserv-tools"][0] == "1.1.0-1"
         assert installed["qserv-deps"] == ["2024.1-1", deps_installed_at[node]]
         assert fleet.ssh(node, "/opt/qserv/bin/qserv-version").stdout.strip() == "1.1.0"
     assert fleet.ssh(edited, "cat /opt/qserv/etc/qserv.conf").stdout == "port = 7777\n"
@@ -107,19 +125,22 @@ def test_app_and_deps_install_upgrade_alone_downgrade_and_keep_the_edited_config
     matrix = {row["node"]: row for row in json.loads((tmp_path / "matrix.json").read_text())["nodes"]}
     for node in nodes:
         assert matrix[node]["version"] == "1.1.0"
-        assert matrix[node]["packages"] == ["qserv-1.1.0-1", "qserv-deps-2024.1-1"]
-    assert "qserv-1.1.0-1, qserv-deps-2024.1-1" in report.stdout
+        assert matrix[node]["packages"] == ["qserv-1.1.0-1", "qserv-deps-2024.1-1", "qserv-tools-1.1.0-1"]
+    assert "qserv-1.1.0-1, qserv-deps-2024.1-1, qserv-tools-1.1.0-1" in report.stdout
 
     # A downgrade must be asked for: without it the node fails, is left on 1.1.0, and says why.
     refused = _rollout(ansible, fleet, v1["reference"], rollout_batches=[1])
     assert refused.rc != 0
     assert "would downgrade the RPM package(s) qserv 1.1.0-1 -> 1.0.0-1" in refused.stdout, refused
     for node in nodes:
-        assert _rpm_q(fleet, node, "qserv")["qserv"][0] == "1.1.0-1"
+        installed = _rpm_q(fleet, node, "qserv", "qserv-tools")
+        assert installed["qserv"][0] == "1.1.0-1" and installed["qserv-tools"][0] == "1.1.0-1"
     back = _rollout(ansible, fleet, v1["reference"], rollout_rpm_downgrade=True)
     assert back.rc == 0, back
     for node in nodes:
-        installed = _rpm_q(fleet, node, "qserv", "qserv-deps")
+        # Back on 1.0.0, which does not ship qserv-tools: it is erased, the rest is 1.0.0's.
+        installed = _rpm_q(fleet, node, "qserv", "qserv-deps", "qserv-tools")
+        assert "qserv-tools" not in installed and fleet.ssh(node, "test -e /opt/qserv-tools/bin/qserv-admin", check=False).returncode != 0
         assert installed["qserv"][0] == "1.0.0-1" and installed["qserv-deps"] == ["2024.1-1", deps_installed_at[node]]
         assert fleet.ssh(node, "/opt/qserv/bin/qserv-version").stdout.strip() == "1.0.0"
     assert fleet.ssh(edited, "cat /opt/qserv/etc/qserv.conf").stdout == "port = 7777\n"
