@@ -10,11 +10,12 @@ reaches the unit directory, and the running service keeps its previous definitio
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write
+from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd_manager import (
     ENABLED_STATES,
     RestartRecord,
@@ -47,7 +48,7 @@ ARGUMENT_SPEC = {
     "verify": {"type": "str", "default": "strict", "choices": ["strict", "errors", "none"]},
     "instances": {"type": "list", "elements": "str", "default": []},
     "enabled": {"type": "bool"},
-    "state": {"type": "str", "choices": ["started", "stopped", "restarted", "reloaded"]},
+    "state": {"type": "str", "choices": ["started", "stopped", "restarted", "reloaded", "absent"]},
     "restart_on_change": {"type": "list", "elements": "path", "default": []},
     "settle": {"type": "float", "default": 2.0},
     "journal_lines": {"type": "int", "default": 20},
@@ -154,7 +155,13 @@ class ServiceUnit:
                 "and list the instance in instances"
             )
         self.dropin = validate_dropin_name(params["dropin"]) if params.get("dropin") else None
+        self.absent = params.get("state") == "absent"
+        if self.absent and (params.get("sections") is not None or params.get("content") is not None
+                            or params.get("enabled") is not None):
+            raise UnitError(f"state=absent removes {self.unit.name}; give it without sections, content and enabled")
         self.units = unit_names(self.unit, params.get("instances") or [])
+        if self.absent and self.unit.is_template and not self.units:
+            self.units = systemd.instances(self.unit.prefix, self.unit.type)  # every instance systemd knows of
         if self.unit.is_template and not self.units and (params.get("state") or params.get("enabled") is not None):
             raise UnitError(f"{self.unit.name} is a template: name the instances to enable or start in instances")
         unit_dir = params["unit_dir"]
@@ -166,7 +173,7 @@ class ServiceUnit:
             "changed": False, "name": self.unit.name, "unit_file": self.path, "units": list(self.units),
             "written": False, "daemon_reloaded": False, "verify_output": [], "enabled_changed": [],
             "started": [], "restarted": [], "reloaded": [], "stopped": [], "restart_reasons": {},
-            "exposure": None, "exposure_rating": None,
+            "exposure": None, "exposure_rating": None, "removed": False,
         }
 
     # ------------------------------------------------------------------------------------------
@@ -181,6 +188,8 @@ class ServiceUnit:
             raise
 
     def _run(self):
+        if self.absent:
+            return self._remove()
         written = self._write_unit()
         self._daemon_reload(written)
         if self.params.get("enabled") is not None:
@@ -200,6 +209,34 @@ class ServiceUnit:
         return self.result
 
     # ------------------------------------------------------------------------------------------
+    def _remove(self):
+        """state=absent: stop and disable the unit (or the template's instances), then remove its file (or the
+        drop-in), reload systemd and forget what the instances were started with."""
+        for unit in self.units:
+            self._converge(unit, "stopped", False)
+            if not self.dropin:
+                self._enable(unit, False)
+        before = read_text(self.path)
+        if before is not None:
+            if self.want_diff:
+                self.result["diff"] = {"before": before, "after": "", "before_header": self.path,
+                                       "after_header": "(absent)"}
+            if not self.check_mode:
+                os.unlink(self.path)
+                fsync_dir(os.path.dirname(self.path))
+                if self.dropin:
+                    with contextlib.suppress(OSError):  # the drop-in directory goes when it is empty
+                        os.rmdir(os.path.dirname(self.path))
+                self.systemd.daemon_reload()
+                for unit in self.units:
+                    self.systemd.ctl("reset-failed", "--", unit, check=False)
+            self.result["removed"] = self.result["daemon_reloaded"] = True
+        if not self.check_mode:
+            for unit in self.units:
+                RestartRecord(self.params["state_dir"], unit).remove()
+        self.result["changed"] = bool(self.result["removed"] or self.result["stopped"] or self.result["enabled_changed"])
+        return self.result
+
     def _write_unit(self):
         text = desired_text(self.params, self.unit, self.dropin)
         if text is None:

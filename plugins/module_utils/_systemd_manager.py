@@ -10,6 +10,7 @@ and turns a failure into an error that carries the unit's state and the last lin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -70,6 +71,13 @@ class Systemd:
         _rc, out, _err = self.ctl("is-enabled", "--", unit, check=False)
         return out.strip().splitlines()[-1] if out.strip() else "not-found"
 
+    def instances(self, prefix, unit_type):
+        """The instances of template PREFIX@.UNIT_TYPE that systemd knows of (loaded, running or failed)."""
+        _rc, out, _err = self.ctl("list-units", "--all", "--plain", "--no-legend", "--no-pager", "--",
+                                  f"{prefix}@*.{unit_type}", check=False)
+        return sorted({line.split()[0] for line in out.splitlines() if line.split()
+                       and line.split()[0].startswith(f"{prefix}@")})
+
     def cat(self, unit):
         rc, out, _err = self.ctl("cat", "--no-pager", "--", unit, check=False)
         return out if rc == 0 else ""
@@ -123,6 +131,11 @@ class RestartRecord:
         """The paths of FILES (``{path: digest}``) whose digest differs from the record."""
         recorded = self.data.get("files") or {}
         return sorted(path for path, digest in files.items() if recorded.get(path) != digest)
+
+    def remove(self):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self.data = {}
 
     def save(self, unit_digest, files, invocation=None):
         data = dict(self.data)

@@ -133,9 +133,14 @@ options:
         unit (C(systemctl reload-or-restart)) instead of restarting it. A change of the unit text still restarts it.
       - C(restarted) restarts the unit on every run.
       - C(stopped) stops it when it runs.
+      - C(absent) removes the unit - stops and disables it (for a template, the instances in O(instances), or
+        every instance systemd knows of when none is named), removes the unit file (or, with O(dropin), the
+        drop-in, and its directory when that is then empty), reloads systemd and forgets what the instances were
+        started with. It cannot be combined with O(sections), O(content) or O(enabled). A drop-in's unit is
+        stopped but not disabled, since the unit itself stays.
       - Unset leaves the unit's state alone.
     type: str
-    choices: [started, stopped, restarted, reloaded]
+    choices: [started, stopped, restarted, reloaded, absent]
   restart_on_change:
     description:
       - Files the unit reads (configuration, environment files), compared by content with what they held when the
@@ -240,6 +245,11 @@ EXAMPLES = r"""
     content: "{{ lookup('ansible.builtin.template', 'qserv-worker.service.j2') }}"
     state: started
 
+- name: Remove a service that is no longer wanted (stopped, disabled, its file removed)
+  sciops.fleet.service_unit:
+    name: old-exporter.service
+    state: absent
+
 - name: A nightly timer for a oneshot service installed before it
   sciops.fleet.service_unit:
     name: cache-prune.timer
@@ -324,6 +334,11 @@ stopped:
   type: list
   elements: str
   sample: []
+removed:
+  description: Whether the unit file (or drop-in) was removed (O(state=absent)).
+  returned: always
+  type: bool
+  sample: false
 restart_reasons:
   description: Per unit started, restarted or reloaded, why.
   returned: always

@@ -20,7 +20,8 @@ CURRENT = "sciops-echo@current.service"
 OLDSTABLE = "sciops-echo@oldstable.service"
 TEST_UNITS = ("sciops-hello.service", "sciops-echo@current.service", "sciops-echo@oldstable.service",
               "sciops-crash.service", "sciops-plain.service", "sciops-hardened.service", "sciops-pkg.service", "sciops-greet.socket",
-              "sciops-greet.service", "sciops-tick.timer", "sciops-tick.service", r"srv-sciops\x2dscratch.mount")
+              "sciops-greet.service", "sciops-tick.timer", "sciops-tick.service", r"srv-sciops\x2dscratch.mount",
+              "sciops-gone.service", "sciops-bye@a.service", "sciops-bye@b.service")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -356,3 +357,41 @@ def test_check_mode_changes_nothing_on_the_node(fleet, ansible):
         assert "ExecStart=/usr/bin/sleep infinity" in result["diff"]["after"]
         assert fleet.ssh(name, f"sha256sum /etc/systemd/system/{HELLO}").stdout == digest[name]
     assert invocations(fleet) == before
+
+
+def test_a_unit_and_a_template_with_its_instances_are_removed(fleet, ansible):
+    sleeper = {"Unit": {"Description": "sciops test unit to remove"}, "Service": {"ExecStart": "/usr/bin/sleep infinity"},
+               "Install": {"WantedBy": "multi-user.target"}}
+    unit, template, instances = "sciops-gone.service", "sciops-bye@.service", ["sciops-bye@a.service", "sciops-bye@b.service"]
+    installed = service_unit(fleet, ansible, name=unit, sections=sleeper, enabled=True, state="started")
+    assert installed.rc == 0, installed
+    installed = service_unit(fleet, ansible, name=template, sections=sleeper, instances=["a", "b"], enabled=True, state="started")
+    assert installed.rc == 0, installed.stdout
+    for name in fleet.names:
+        assert fleet.ssh(name, f"test -f /var/lib/sciops-fleet/units/{unit}.json").returncode == 0
+
+    predicted = service_unit(fleet, ansible, check=True, name=unit, state="absent")
+    for name in fleet.names:
+        result = predicted.ok[name][0]
+        assert result["changed"] and result["removed"] and result["stopped"] == [unit], result
+        assert result["diff"]["after"] == "" and "sleep infinity" in result["diff"]["before"]
+        assert unit_props(fleet, name, unit, "ActiveState")["ActiveState"] == "active"
+
+    removed = service_unit(fleet, ansible, name=unit, state="absent")
+    # A template without instances named: every instance systemd knows of goes with it.
+    removed_template = service_unit(fleet, ansible, name=template, state="absent")
+    for name in fleet.names:
+        result = removed.ok[name][0]
+        assert result["changed"] and result["removed"] and result["stopped"] == [unit], result
+        assert result["enabled_changed"] == [unit], result
+        assert sorted(removed_template.ok[name][0]["stopped"]) == instances, removed_template.ok[name]
+        for gone in [unit] + instances:
+            assert unit_props(fleet, name, gone, "LoadState", "ActiveState") == {"LoadState": "not-found", "ActiveState": "inactive"}
+        listing = fleet.ssh(name, f"ls /etc/systemd/system/{unit} /etc/systemd/system/{template} "
+                                  "/etc/systemd/system/multi-user.target.wants/ /var/lib/sciops-fleet/units/",
+                            check=False).stdout
+        assert "sciops-gone" not in listing and "sciops-bye" not in listing, listing
+    again = service_unit(fleet, ansible, name=unit, state="absent")
+    for name in fleet.names:
+        assert not again.ok[name][0]["changed"], again.ok[name]
+
