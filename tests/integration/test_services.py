@@ -394,4 +394,3 @@ def test_a_unit_and_a_template_with_its_instances_are_removed(fleet, ansible):
     again = service_unit(fleet, ansible, name=unit, state="absent")
     for name in fleet.names:
         assert not again.ok[name][0]["changed"], again.ok[name]
-
