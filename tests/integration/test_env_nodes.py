@@ -24,6 +24,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ROLLOUT = os.path.join(REPO, "playbooks", "rollout.yml")
 
 
+APPS = ("envgreeter", "bare", "cowsay", "loopgreeter")
+
+
+@pytest.fixture(autouse=True)
+def remove_environments(fleet):
+    """Each test leaves the nodes without its applications: mount units stopped and removed, releases, links and
+    records gone (a mounted image would also keep later tests from removing the release directory)."""
+    yield
+    for app in APPS:
+        script = (f"for unit in /etc/systemd/system/var-lib-sciops*fleet-{app}-*.mount; do "
+                  f"[ -e \"$unit\" ] && systemctl disable --now \"$(basename \"$unit\")\" && rm -f \"$unit\"; done; "
+                  f"systemctl daemon-reload; rm -rf /var/lib/sciops-fleet/{app} /etc/ansible/facts.d/sciops_fleet_{app}.fact")
+        for name in fleet.names:
+            fleet.ssh(name, script, check=False)
+    for name in fleet.names:
+        fleet.ssh(name, "rm -rf /opt/envs", check=False)
+
+
 def _publish_env(registry, run_module, image, app, version, install, mount_point):
     """Push IMAGE, publish a release that installs it with INSTALL, return the release reference."""
     pushed = run_module("oras_push", target=f"{registry.host}/build/{app}:{version}",
@@ -63,13 +81,13 @@ def test_a_tree_image_with_its_library_closure_runs_on_nodes_that_lack_the_libra
     for name in fleet.names:
         assert _run_on(fleet, name, "ldconfig -p | grep -c libgreet; find / -xdev -name 'libgreet*' | wc -l").stdout.split()[-1] == "0"
 
-    good = _publish_env(registry, run_module, with_closure / "greeter.squashfs", "greeter", "1.0.0", "mount", "/opt/envs/greeter")
+    good = _publish_env(registry, run_module, with_closure / "greeter.squashfs", "envgreeter", "1.0.0", "mount", "/opt/envs/greeter")
     _rollout(ansible, fleet, good)
     for name in fleet.names:
         ran = _run_on(fleet, name, "/opt/envs/greeter/bin/greeter node")
         assert ran.returncode == 0 and ran.stdout == "hello from libgreet 1, node\n", (name, ran)
         # Mounted read-only through squashfuse by a .mount unit, and the image's own metadata is there.
-        mounts = _run_on(fleet, name, "findmnt -n -o FSTYPE,OPTIONS --target /var/lib/sciops-fleet/greeter/current/env/bin").stdout
+        mounts = _run_on(fleet, name, "findmnt -n -o FSTYPE,OPTIONS --target /var/lib/sciops-fleet/envgreeter/current/env/bin").stdout
         assert mounts.startswith("fuse.squashfuse") and "ro" in mounts.split()[1].split(","), mounts
         meta = json.loads(_run_on(fleet, name, "cat /opt/envs/greeter/meta/env.json").stdout)
         envkit.assert_uenv_meta(meta)
@@ -92,7 +110,7 @@ def test_a_tree_image_with_its_library_closure_runs_on_nodes_that_lack_the_libra
     (with_closure / "stage" / "bin" / "greeter-2").chmod(0o755)
     rebuilt = run_module("env_build", recipe=str(with_closure / "recipe.yaml"), dest=str(with_closure / "greeter.squashfs"))
     assert rebuilt["changed"]
-    second = _publish_env(registry, run_module, with_closure / "greeter.squashfs", "greeter", "2.0.0", "mount", "/opt/envs/greeter")
+    second = _publish_env(registry, run_module, with_closure / "greeter.squashfs", "envgreeter", "2.0.0", "mount", "/opt/envs/greeter")
     _rollout(ansible, fleet, second)
     for name in fleet.names:
         ran = _run_on(fleet, name, "/opt/envs/greeter/bin/greeter-2 again")
@@ -152,3 +170,11 @@ def test_a_node_with_loop_devices_mounts_the_image_with_the_kernels_squashfs(reg
         assert _run_on(fleet, node, f"losetup -n -O BACK-FILE {mounted[1]}").stdout.strip() == ""
     finally:
         _run_on(fleet, node, "rm -f /dev/loop-control /dev/loop[0-9]*")
+
+
+def test_the_nodes_are_left_without_the_environments(fleet):
+    # Runs last in this file: what the tests above deployed is gone (the fixture ran after each of them).
+    for name in fleet.names:
+        left = fleet.ssh(name, "ls /var/lib/sciops-fleet /opt/envs 2>/dev/null; systemctl list-units --type=mount --all "
+                               "--no-legend --plain | grep -c sciops || true", check=False).stdout.split()
+        assert not set(left) & set(APPS) and left[-1] == "0", (name, left)
