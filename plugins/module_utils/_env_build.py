@@ -50,6 +50,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import (
     DocumentError,
     atomic_write,
     fsync_dir,
+    fsync_file,
     link_unsupported,
     read_document,
 )
@@ -938,12 +939,13 @@ def build(recipe_path, dest, image_format="squashfs", compression="zstd", level=
             write_tar_zst(root, built, epoch, level)
         if image_format != "directory":
             os.chmod(built, 0o644)
-            fd = os.open(built, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        sha256 = image_digest(built if image_format != "directory" else root, image_format)
+            # The image goes to disk while it is hashed from the page cache: neither waits for the other.
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                synced = pool.submit(fsync_file, built)
+                sha256 = image_digest(built, image_format)
+                synced.result()
+        else:
+            sha256 = image_digest(root, image_format)
         size = os.path.getsize(built) if image_format != "directory" else sum(e.get("size", 0) for e in manifest)
         _install(built, dest, image_format, scratch)
         record = {"inputs_digest": digest_of_inputs, "sha256": sha256, "size": size, "format": image_format,

@@ -17,13 +17,18 @@ import os
 _NEW_FILE_MODE = 0o666
 
 
-def fsync_dir(path):
-    """fsync directory PATH so a rename or link inside it survives a crash."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+def fsync_file(path, flags=0):
+    """fsync the file at PATH: its data is on disk when this returns."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path):
+    """fsync directory PATH so a rename or link inside it survives a crash."""
+    fsync_file(path, getattr(os, "O_DIRECTORY", 0))
 
 
 def create_temp(directory, prefix=".tmp-"):

@@ -34,7 +34,7 @@ import urllib.error
 
 from ansible.module_utils.urls import open_url
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir, fsync_file
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import open_store
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import BlobCache
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
@@ -264,11 +264,7 @@ def _record_files(root, known=None):
             if relative in known:
                 files[relative] = dict(known[relative], mode="%04o" % (os.stat(path).st_mode & 0o7777))
                 continue
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(path)
             digest, size = digest_file(path)
             files[relative] = {"digest": digest, "size": size, "mode": "%04o" % (os.stat(path).st_mode & 0o7777)}
         for name in dirs:
