@@ -522,13 +522,18 @@ def _rpm_header(path):
     return {"name": name, "evr": _display_evr(evr), "arch": arch, "path": path}
 
 
-def installed_rpm(name):
-    """The EVR of package NAME in this node's rpm database, or None."""
-    result = _rpm(["-q", "--qf", _RPM_QF, name], f"asking rpm for {name}")
-    if result.returncode != 0:
-        return None
-    lines = [line.split("\t") for line in result.stdout.strip().splitlines() if "\t" in line]
-    return _display_evr(lines[-1][1]) if lines else None
+def installed_rpms(names):
+    """``{name: EVR or None}``: what this node's rpm database has of the packages NAMES, in one rpm query."""
+    found = dict.fromkeys(names)
+    if not found:
+        return found
+    # rpm -q answers for every name, and exits non-zero when one of them is not installed.
+    result = _rpm(["-q", "--qf", _RPM_QF, *found], "asking rpm for the installed packages")
+    for line in result.stdout.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 3 and fields[0] in found:
+            found[fields[0]] = _display_evr(fields[1])
+    return found
 
 
 def rpm_plan(state, record, name, previous=None):
@@ -536,8 +541,11 @@ def rpm_plan(state, record, name, previous=None):
     and installed EVR, and the action (install, upgrade, downgrade, keep; erase for a package of PREVIOUS that NAME
     no longer ships and that is installed)."""
     plan = []
-    for package in (record["releases"].get(name) or {}).get("packages") or []:
-        installed = installed_rpm(package["name"])
+    wanted = (record["releases"].get(name) or {}).get("packages") or []
+    left = (record["releases"].get(previous) or {}).get("packages") or [] if previous and previous != name else []
+    have = installed_rpms([package["name"] for package in wanted + left])
+    for package in wanted:
+        installed = have[package["name"]]
         if installed is None:
             action = "install"
         else:
@@ -546,12 +554,10 @@ def rpm_plan(state, record, name, previous=None):
         plan.append({"name": package["name"], "evr": package["evr"], "arch": package["arch"], "installed": installed,
                      "action": action, "file": os.path.join(state.release_path(name), package["file"])})
     shipped = {package["name"] for package in plan}
-    if previous and previous != name:
-        for package in (record["releases"].get(previous) or {}).get("packages") or []:
-            installed = installed_rpm(package["name"]) if package["name"] not in shipped else None
-            if installed is not None:
-                plan.append({"name": package["name"], "evr": None, "arch": package["arch"], "installed": installed,
-                             "action": "erase", "file": None})
+    for package in left:
+        if package["name"] not in shipped and have[package["name"]] is not None:
+            plan.append({"name": package["name"], "evr": None, "arch": package["arch"], "installed": have[package["name"]],
+                         "action": "erase", "file": None})
     return plan
 
 
@@ -570,7 +576,8 @@ def apply_rpms(plan, downgrade=False, nodeps=False, check_mode=False):
         return bool(todo or gone)
     if todo:
         _rpm_upgrade(todo, bool(lowered), nodeps)
-    gone = [p for p in gone if installed_rpm(p["name"]) is not None]  # a new package may have obsoleted it
+    still = installed_rpms([p["name"] for p in gone])  # a new package may have obsoleted one
+    gone = [p for p in gone if still[p["name"]] is not None]
     if gone:
         result = _rpm(["-e", "--quiet"] + (["--nodeps"] if nodeps else []) + [p["name"] for p in gone],
                       "erasing RPM packages")
@@ -945,8 +952,9 @@ def application_status(state):
     status["drift"] = drift(state, current["name"]) if current and current["working"] else None
     status["packages"] = []
     recorded = (record["releases"].get(current["name"]) or {}).get("packages") if current else None
+    have = installed_rpms([package["name"] for package in recorded or []])
     for package in recorded or []:
-        installed = installed_rpm(package["name"])
+        installed = have[package["name"]]
         label = f"{package['name']}-{installed}" if installed else f"{package['name']} (not installed)"
         if installed and installed != package["evr"]:
             label += f" (release wants {package['evr']})"

@@ -78,13 +78,14 @@ def query_package(run, path):
     return info
 
 
-def _same_package(run, old, new, sign_key):
-    """True when the RPM at OLD can stand for the fresh build NEW: the same bytes, or (when signing) the same
-    header and payload and a signature by SIGN_KEY, since signatures carry a time stamp."""
+def _same_package(run, old, new, new_digest, sign_key):
+    """True when the RPM at OLD can stand for the fresh build NEW (whose digest is NEW_DIGEST when not signing): the
+    same bytes, or (when signing) the same header and payload and a signature by SIGN_KEY, since signatures carry a
+    time stamp."""
     if not os.path.exists(old):
         return False
     if not sign_key:
-        return digest_file(old)[0] == digest_file(new)[0]
+        return digest_file(old)[0] == new_digest
     before, after = query_package(run, old), query_package(run, new)
     same = all(before[k] == after[k] for k in ("header_sha256", "payload_digest"))
     return same and sign_key[-8:].lower() in before["signature"].lower()
@@ -187,13 +188,18 @@ def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="z
             if not os.path.isfile(built):
                 raise RpmBuildError(f"rpmbuild did not write {file_name}; its output: {_tail(err or out)}")
             final = os.path.join(dest, file_name)
-            unchanged = _same_package(run, final, built, sign_key)
+            # Unsigned, the built bytes are the package's: hashed once, for the comparison and the result.
+            digest = None if sign_key else digest_file(built)
+            unchanged = _same_package(run, final, built, digest and digest[0], sign_key)
             if not unchanged and sign_key and not check_mode:
                 sign_package(run, built, sign_key, gpg_home)
+            if digest is None:  # signed: the bytes that stay are the kept package's, or the newly signed ones
+                digest = digest_file(final if unchanged else built)
             results.append({"name": name, "file": file_name, "path": final, "changed": not unchanged,
                             "nevra": f"{name}-{_evr(package)}.{spec['arch']}", "version": package["version"],
                             "release": package["release"], "epoch": package["epoch"],
-                            "source_date_epoch": epochs[name], "_built": built})
+                            "source_date_epoch": epochs[name], "digest": digest[0], "size": digest[1],
+                            "_built": built})
             changed = changed or not unchanged
         if not check_mode:
             for entry in results:
@@ -202,8 +208,7 @@ def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="z
             if changed:
                 fsync_dir(dest)
         for entry in results:
-            built = entry.pop("_built")
-            entry["digest"], entry["size"] = digest_file(built if check_mode and entry["changed"] else entry["path"])
+            del entry["_built"]
         return {"changed": changed, "packages": results, "spec_text": "\n".join(texts)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
