@@ -19,6 +19,7 @@ declare -A WANT=(
   [htpasswd]=apache2-utils
   [rpmlint]=rpmlint
   [squashfuse]=squashfuse
+  [fusermount3]=fuse3
   [patchelf]=patchelf
   [zstd]=zstd
   [gcc]=gcc
