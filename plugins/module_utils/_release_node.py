@@ -96,6 +96,10 @@ def fetch_release(reference_text, registry_options):
     return validate_release(data, str(reference)), digest, reference
 
 
+class RecordDamaged(OciError):
+    """The application's record on this node cannot be read as a record (bad JSON or the wrong shape)."""
+
+
 class AppState:
     """One application's releases on this node, and its record. Changes are made under ``lock()``."""
 
@@ -116,7 +120,7 @@ class AppState:
         except FileNotFoundError:
             record = {}
         except ValueError as exc:
-            raise OciError(f"the record {self.fact_path} is damaged ({exc}); move it away to start a new one") from None
+            raise RecordDamaged(f"the record {self.fact_path} is damaged ({exc}); move it away to start a new one") from None
         record.setdefault("application", self.app)
         record.setdefault("releases", {})
         record.setdefault("history", [])
