@@ -38,10 +38,12 @@ Schema version 1 (``docs/releases.md`` documents every field)::
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import MAX_MANIFEST_SIZE
 
 SCHEMA_VERSION = 1
 RELEASE_ARTIFACT_TYPE = "application/vnd.sciops.fleet.release.v1+json"
@@ -64,6 +66,17 @@ _REQUIRES_KEYS = ("arch", "os_family", "disk_mb", "memory_mb", "commands", "kern
 _HEALTH_KINDS = ("command", "tcp", "http")
 _HEALTH_KEYS = _HEALTH_KINDS + ("timeout", "retries", "delay", "expect_status", "name")
 
+# A mount point is a link the node creates: never in or under these (the top-level links of a usr-merged system,
+# /bin, /lib, /lib64, /sbin, ..., are among them; /var holds the state root, /var/lib/sciops-fleet).
+SYSTEM_DIRECTORIES = ("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/lost+found",
+                      "/media", "/mnt", "/proc", "/root", "/run", "/sbin", "/snap", "/srv", "/sys", "/tmp", "/usr", "/var")
+# ... except below these, which the system leaves to the site: a site may allow them in mount_point_prefixes.
+SITE_DIRECTORIES = ("/usr/local", "/srv")
+# Where release_publish lets mount points be, unless the site gives its own list: a mount point lies below one.
+DEFAULT_MOUNT_POINT_PREFIXES = ("/opt", "/user-environment", "/apps")
+# The largest release.json a node reads (the nodes' limit for manifests and small blobs).
+MAX_RELEASE_SIZE = MAX_MANIFEST_SIZE
+
 
 class ReleaseError(OciError):
     """A release manifest is not valid; the message lists every problem, one per field."""
@@ -74,9 +87,74 @@ class ReleaseError(OciError):
         super().__init__(f"release manifest {source} is not valid: {listing}")
 
 
+def _not_a_string(value):
+    if isinstance(value, (bool, int, float)):
+        # YAML reads an unquoted 1.10 as 1.1, 010 as 8 and yes as true: the text written is lost, so refuse it.
+        return (f"must be a string, not the {type(value).__name__} {value!r} that YAML read; quote it "
+                "(e.g. version: \"1.10\", protocol: \"010\") so that it stays as written")
+    return f"must be a string, not {type(value).__name__}; quote it if it is meant as text"
+
+
 def _relative_path(value):
     parts = value.split("/")
     return bool(value) and not value.startswith("/") and ".." not in parts and "\0" not in value
+
+
+def _below(path, directory):
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _clean_absolute(path):
+    """PATH without a trailing '/' when it is absolute and plain (no '..', '.', '//'), else None."""
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        return None
+    path = path.rstrip("/") or "/"
+    return path if posixpath.normpath(path) == path else None
+
+
+def system_directory(path):
+    """The system directory PATH (absolute, clean) is, or lies in; None when it is outside them or in a site directory."""
+    if path == "/":
+        return "/"
+    if any(_below(path, site) for site in SITE_DIRECTORIES):
+        return None
+    return next((system for system in SYSTEM_DIRECTORIES if _below(path, system)), None)
+
+
+def check_mount_point_prefixes(prefixes, option="mount_point_prefixes"):
+    """The clean PREFIXES, or raise OciError naming each one that is not an absolute path outside the system
+    directories (those below /usr/local and /srv are allowed)."""
+    clean, problems = [], []
+    for prefix in prefixes:
+        path = _clean_absolute(prefix)
+        system = path and system_directory(path)
+        if path is None:
+            problems.append(f"{prefix!r} must be an absolute path without '..', '.' or '//', e.g. /opt")
+        elif system or path in SITE_DIRECTORIES:
+            system = system or path
+            problems.append(f"{prefix!r} is {'in ' if system != path else ''}the system directory {system}; "
+                            f"name a directory of the site's own, e.g. /opt, /user-environment, /usr/local/envs")
+        else:
+            clean.append(path)
+    if problems:
+        raise OciError(f"{option}: " + "; ".join(problems))
+    return clean
+
+
+def mount_point_problem(mount_point, prefixes=None):
+    """Why MOUNT_POINT (clean, absolute) may not be a mount point, or None. It may never be a system directory, in
+    one, or a top-level directory; with PREFIXES (release_publish's allow-list) it must also lie below one of them."""
+    system = system_directory(mount_point)
+    if system:
+        return (f"{mount_point!r} is {'in ' if system != mount_point else ''}the system directory {system}, which a "
+                "release may never replace; choose a path of its own such as /opt/envs/<application>")
+    if mount_point.count("/") < 2 or mount_point in SITE_DIRECTORIES:
+        return (f"{mount_point!r} is a top-level directory, which a release may never replace; "
+                "choose a path below it such as /opt/envs/<application>")
+    if prefixes is not None and not any(mount_point.startswith(prefix + "/") for prefix in prefixes):
+        return (f"{mount_point!r} is not below an allowed mount point prefix ({', '.join(prefixes)}); choose a path "
+                "below one of them, or add the site's prefix to release_publish's mount_point_prefixes")
+    return None
 
 
 class _Checker:
@@ -100,10 +178,9 @@ class _Checker:
             if required:
                 self.add(field, "is required")
             return None
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            self.add(field, f"must be a string, not {type(value).__name__}")
+        if not isinstance(value, str):
+            self.add(field, _not_a_string(value))
             return None
-        value = str(value)
         if pattern is not None and not pattern.match(value):
             self.add(field, f"{value!r} is not valid{hint}")
             return None
@@ -126,7 +203,9 @@ class _Checker:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            self.add(field, "must be a list of non-empty strings")
+            numbers = [v for v in value if isinstance(v, (bool, int, float))] if isinstance(value, list) else []
+            quote = f" (quote {', '.join(repr(v) for v in numbers)}: YAML read a number or boolean)" if numbers else ""
+            self.add(field, "must be a list of non-empty strings" + quote)
             return []
         return value
 
@@ -148,11 +227,13 @@ class _Checker:
         return good
 
 
-def validate_release(data, source="(given)"):
+def validate_release(data, source="(given)", mount_point_prefixes=None):
     """Validate a parsed release manifest; return its canonical dict or raise ReleaseError listing every problem.
 
     The canonical dict is itself a valid manifest (defaults filled in, artifact digests spelled out), so a node
-    validates what it reads with the same rules.
+    validates what it reads with the same rules. MOUNT_POINT_PREFIXES (clean, see check_mount_point_prefixes) is the
+    site's allow-list for mount points, which release_publish applies; a node, which does not know it, applies the
+    rest of the mount point rule (never a system directory).
     """
     check = _Checker()
     if not isinstance(data, dict):
@@ -202,13 +283,14 @@ def validate_release(data, source="(given)"):
             if install not in IMAGE_KINDS:
                 check.add(f"{field}.mount_point", f"only an environment image has a mount point; set install to "
                           f"{' or '.join(IMAGE_KINDS)}, or remove mount_point")
-            elif (not isinstance(mount_point, str) or not mount_point.startswith("/") or ".." in mount_point.split("/")
-                  or mount_point.rstrip("/") in ("", "/usr", "/etc", "/var", "/opt", "/bin", "/lib")):
+            elif _clean_absolute(mount_point) is None:
                 check.add(f"{field}.mount_point", f"{mount_point!r} must be an absolute path of its own, without '..', "
-                          "such as the image's mount (meta/env.json), e.g. /opt/envs/qserv")
+                          "'.' or '//', such as the image's mount (meta/env.json), e.g. /opt/envs/qserv")
+            elif mount_point_problem(_clean_absolute(mount_point), mount_point_prefixes):
+                check.add(f"{field}.mount_point", mount_point_problem(_clean_absolute(mount_point), mount_point_prefixes))
             else:
                 # Only when given: releases written without it keep their canonical form, hence their id.
-                entry["mount_point"] = mount_point.rstrip("/")
+                entry["mount_point"] = _clean_absolute(mount_point)
         artifacts.append(entry)
     release["artifacts"] = artifacts
 
@@ -231,6 +313,10 @@ def validate_release(data, source="(given)"):
         if not isinstance(variables, dict) or not all(isinstance(k, str) and _VAR_RE.match(k) for k in variables):
             check.add(f"{field}.vars", "must be a mapping of variable names (letters, digits, '_') to values")
             variables = {}
+        for key, value in variables.items():
+            # A whole number such as a port keeps its spelling; 1.10 (read as 1.1) and yes (read as True) do not.
+            if isinstance(value, (bool, float)):
+                check.add(f"{field}.vars.{key}", _not_a_string(value))
         entry["vars"] = {k: str(v) for k, v in variables.items()}
         mode = item.get("mode", "0644")
         if not isinstance(mode, str) or not re.match(r"^0?[0-7]{3}$", mode):
@@ -273,7 +359,8 @@ def validate_release(data, source="(given)"):
             check.add(f"{field}.tcp", f"{target!r} must be HOST:PORT")
         if kind == "http" and target and not re.match(r"^https?://", target):
             check.add(f"{field}.http", f"{target!r} must be an http:// or https:// URL")
-        entry = {kind: target, "name": str(item.get("name") or f"{kind} {target}"),
+        label = check.string(item, "name", f"{field}.name", required=False)
+        entry = {kind: target, "name": label or f"{kind} {target}",
                  "timeout": check.number(item, "timeout", f"{field}.timeout", 0.1, integer=False) or 10,
                  "retries": check.number(item, "retries", f"{field}.retries") or 0,
                  "delay": check.number(item, "delay", f"{field}.delay", 0, integer=False) or 1}
@@ -298,6 +385,16 @@ def health_kind(check):
 def canonical_json(release):
     """The bytes nodes read: sorted keys, no white space, so equal releases have equal digests."""
     return json.dumps(release, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def release_document(release, source="(given)"):
+    """canonical_json(RELEASE), or ReleaseError when it is larger than a node reads (MAX_RELEASE_SIZE)."""
+    document = canonical_json(release)
+    if len(document) > MAX_RELEASE_SIZE:
+        raise ReleaseError(source, [f"{RELEASE_FILE} would be {len(document)} bytes ({len(document) / 1048576:.1f} MiB), "
+                                    f"more than the {MAX_RELEASE_SIZE} bytes ({MAX_RELEASE_SIZE // 1048576} MiB) a node "
+                                    "reads; make descriptions and config vars smaller, or ship large data as an artifact"])
+    return document
 
 
 def release_dir_name(release, digest):

@@ -60,6 +60,8 @@ DEFAULT_CACHE_DIR = "/var/cache/sciops-fleet"
 HISTORY_LIMIT = 100
 FILES_RECORD = ".sciops-files.json"
 MOUNTS_RECORD = ".sciops-mounts.json"
+# Per application: the mount point links this node made; it replaces no other path.
+MOUNT_LINKS_RECORD = ".mount-links.json"
 IMAGES_DIR = ".images"
 UNIT_DIR = "/etc/systemd/system"
 SLOTS = ("current", "oldstable")
@@ -466,26 +468,69 @@ def activate_images(state, release, release_dir, check_mode=False):
             journal = subprocess.run(["journalctl", "-u", mount["unit"], "-n", "10", "--no-pager", "-q"],
                                      capture_output=True, text=True, check=False).stdout.strip()
             raise OciError(f"{exc}; journal: {journal.replace(chr(10), ' | ')}") from None
+    created = _mount_links(state)
     for artifact in release["artifacts"]:
         if not artifact.get("mount_point"):
             continue
         link, target = artifact["mount_point"], os.path.join(state.app_dir, "current", artifact["name"])
+        ours = link in created
         if os.path.islink(link) and os.readlink(link) == target:
+            if not ours and not check_mode:  # made before links were recorded: it is ours, it names our current
+                created[link] = target
+                _save_mount_links(state, created)
             continue
-        if os.path.lexists(link) and not os.path.islink(link):
-            raise OciError(f"mount_point {link} of artifact {artifact['name']} exists and is not a link; "
-                           f"move it away so that it can point to {target}")
+        if os.path.lexists(link) and not (ours and os.path.islink(link)):
+            kind = "link" if os.path.islink(link) else "directory" if os.path.isdir(link) else "file"
+            why = "this node made a link there, which was since replaced" if ours else \
+                f"this node did not create it (it is not in {os.path.join(state.app_dir, MOUNT_LINKS_RECORD)})"
+            raise OciError(f"mount_point {link} of artifact {artifact['name']} exists as a {kind} and {why}; it is "
+                           f"left as it is: move it away so that it can point to {target}, or publish the release "
+                           "with another mount_point")
         changed = True
         if check_mode:
             continue
         os.makedirs(os.path.dirname(link), exist_ok=True)
-        tmp = f"{link}.tmp-{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        os.symlink(target, tmp)
+        # Recorded before it is made: a link left by a kill in between is still known as ours.
+        created[link] = target
+        _save_mount_links(state, created)
+        tmp = _new_link(target, f"{link}.tmp-{os.getpid()}")
         os.replace(tmp, link)
         fsync_dir(os.path.dirname(link))
     return changed
+
+
+def _new_link(target, base):
+    """A new link to TARGET at BASE or BASE.<n>, whichever is free: what is there already is not ours to remove."""
+    for attempt in range(100):
+        path = base if attempt == 0 else f"{base}.{attempt}"
+        try:
+            os.symlink(target, path)
+            return path
+        except FileExistsError:
+            continue
+    raise OciError(f"cannot make a link beside {base}: {base} and the next 99 names are taken; remove them")
+
+
+def _mount_links(state):
+    """The mount point links this node created for STATE's application: {link: target}."""
+    try:
+        with open(os.path.join(state.app_dir, MOUNT_LINKS_RECORD), encoding="utf-8") as handle:
+            links = json.load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise OciError(f"the record of mount point links {os.path.join(state.app_dir, MOUNT_LINKS_RECORD)} cannot be "
+                       f"read ({exc}); check the links it should list and rewrite it as a JSON mapping of link to target") from None
+    if not isinstance(links, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in links.items()):
+        raise OciError(f"the record of mount point links {os.path.join(state.app_dir, MOUNT_LINKS_RECORD)} is not a "
+                       "JSON mapping of link to target; check the links it should list and rewrite it")
+    return links
+
+
+def _save_mount_links(state, links):
+    os.makedirs(state.app_dir, exist_ok=True)
+    atomic_write(os.path.join(state.app_dir, MOUNT_LINKS_RECORD),
+                 (json.dumps(links, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode=0o644)
 
 
 def deactivate_images(release_dir):

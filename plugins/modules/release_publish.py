@@ -15,6 +15,8 @@ description:
     Python standard library) and tags it with its version and the given channels (C(candidate), C(stable), ...).
   - The digest of that artifact is the release id, the same on every node, in every record and report.
   - Publishing the same release again changes nothing; moving a channel to it is a re-tag.
+  - Refuses a release whose C(release.json) is larger than nodes read (4 MiB), and a mount point outside
+    O(mount_point_prefixes).
 extends_documentation_fragment:
   - sciops.fleet.registry
   - sciops.fleet.attributes
@@ -47,6 +49,19 @@ options:
     type: list
     elements: str
     default: []
+  mount_point_prefixes:
+    description:
+      - Where the artifacts' C(mount_point) may be on the nodes: each mount point must lie below one of these
+        directories (C(/opt/envs/qserv) below C(/opt)), so that no release replaces a path of the system.
+      - A prefix may not be C(/), a system directory (C(/bin), C(/boot), C(/dev), C(/etc), C(/home), C(/lib), C(/lib32),
+        C(/lib64), C(/libx32), C(/lost+found), C(/media), C(/mnt), C(/proc), C(/root), C(/run), C(/sbin), C(/snap),
+        C(/srv), C(/sys), C(/tmp), C(/usr), C(/var)) or lie in one, except below C(/usr/local) and C(/srv), which are
+        the site's (for example C(/usr/local/envs)).
+      - Nodes refuse a mount point in a system directory whatever this list says, and never replace a path they did
+        not create.
+    type: list
+    elements: str
+    default: [/opt, /user-environment, /apps]
   verify_artifacts:
     description:
       - Check that every artifact the release names exists, by digest, before publishing it, so that no node is ever
@@ -127,10 +142,12 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import (
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import open_store
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import parse_reference
 from ansible_collections.sciops.fleet.plugins.module_utils._release import (
+    DEFAULT_MOUNT_POINT_PREFIXES,
     RELEASE_ARTIFACT_TYPE,
     RELEASE_FILE,
     ReleaseError,
-    canonical_json,
+    check_mount_point_prefixes,
+    release_document,
     validate_release,
 )
 
@@ -169,6 +186,7 @@ def main():
             release={"type": "dict"},
             repository={"type": "str", "required": True},
             channels={"type": "list", "elements": "str", "default": []},
+            mount_point_prefixes={"type": "list", "elements": "str", "default": list(DEFAULT_MOUNT_POINT_PREFIXES)},
             verify_artifacts={"type": "bool", "default": True},
         ),
         mutually_exclusive=[("manifest", "release")],
@@ -178,7 +196,9 @@ def main():
     params = module.params
     try:
         data = read_manifest(params["manifest"]) if params["manifest"] else params["release"]
-        release = validate_release(data, params["manifest"] or "(given as data)")
+        source = params["manifest"] or "(given as data)"
+        release = validate_release(data, source, check_mount_point_prefixes(params["mount_point_prefixes"]))
+        document = release_document(release, source)
         reference, store = open_reference(params, params["repository"], "repository", create_layout=not module.check_mode)
         if reference.tag or reference.digest:
             raise OciError(f"repository {params['repository']!r} must name no tag or digest: the release's version and channels are its tags")
@@ -190,7 +210,7 @@ def main():
         with tempfile.TemporaryDirectory(prefix="sciops-release-") as work:
             path = os.path.join(work, RELEASE_FILE)
             with open(path, "wb") as handle:
-                handle.write(canonical_json(release))
+                handle.write(document)
             files = [describe_file(path, RELEASE_FILE, "application/json", record_mode=False)]
             outcome = push_artifact(store, reference.repository, tags, files, artifact_type=RELEASE_ARTIFACT_TYPE,
                                     annotations={"org.opencontainers.image.version": release["version"],

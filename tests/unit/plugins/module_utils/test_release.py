@@ -39,7 +39,7 @@ GOOD = {
     "schema_version": 1,
     "application": "hello",
     "version": "1.0.0~rc1",
-    "protocol": 3,
+    "protocol": "3",
     "role": "server",
     "artifacts": [{"name": "bin", "reference": f"127.0.0.1:5000/build/hello@{DIGEST}", "install": "extract"}],
     "configs": [{"source": "bin/hello.conf.in", "dest": "etc/hello.conf", "vars": {"port": 7000}, "mode": "0640"}],
@@ -71,6 +71,24 @@ BAD = [
     ("application with capitals", lambda m: m.update(application="Hello"), "application: 'Hello' is not valid"),
     ("version not starting with a digit", lambda m: m.update(version="v1"), "version: 'v1' is not valid"),
     ("protocol as a list", lambda m: m.update(protocol=[1]), "protocol: must be a string"),
+    ("version as a YAML number", lambda m: m.update(version=1.1), "version: must be a string, not the float 1.1 that YAML read; quote it"),
+    ("protocol as a YAML octal", lambda m: m.update(protocol=8), "protocol: must be a string, not the int 8 that YAML read; quote it"),
+    ("role as a YAML boolean", lambda m: m.update(role=True), "role: must be a string, not the bool True that YAML read; quote it"),
+    ("health name as a number", lambda m: m["health"][0].update(name=7), "health[0].name: must be a string, not the int 7"),
+    ("config var as a YAML float", lambda m: m["configs"][0]["vars"].update(ratio=1.1), "configs[0].vars.ratio: must be a string, not the float 1.1"),
+    ("arch as a number", lambda m: m["requires"].update(arch=[386]), "requires.arch: must be a list of non-empty strings (quote 386"),
+    ("mount point in a system directory", lambda m: m["artifacts"][0].update(install="unpack", mount_point="/lib64"),
+     "artifacts[0].mount_point: '/lib64' is the system directory /lib64, which a release may never replace"),
+    ("mount point under /usr", lambda m: m["artifacts"][0].update(install="unpack", mount_point="/usr/lib/x"),
+     "artifacts[0].mount_point: '/usr/lib/x' is in the system directory /usr"),
+    ("mount point in the state root", lambda m: m["artifacts"][0].update(install="mount", mount_point="/var/lib/sciops-fleet/x"),
+     "artifacts[0].mount_point: '/var/lib/sciops-fleet/x' is in the system directory /var"),
+    ("mount point at the root", lambda m: m["artifacts"][0].update(install="mount", mount_point="/"),
+     "artifacts[0].mount_point: '/' is the system directory /"),
+    ("mount point top-level", lambda m: m["artifacts"][0].update(install="mount", mount_point="/opt"),
+     "artifacts[0].mount_point: '/opt' is a top-level directory"),
+    ("mount point with a dot", lambda m: m["artifacts"][0].update(install="mount", mount_point="/opt/./x"),
+     "artifacts[0].mount_point: '/opt/./x' must be an absolute path of its own"),
     ("role with a space", lambda m: m.update(role="big server"), "role: 'big server' is not valid"),
     ("no artifacts", lambda m: m.update(artifacts=[]), "artifacts: must be a list with at least one entry"),
     ("artifact by tag", lambda m: m["artifacts"][0].update(reference="127.0.0.1:5000/build/hello:1.0"),
@@ -380,3 +398,50 @@ def test_a_node_running_the_release_healthy_is_found_from_its_record(tmp_path):
     os.unlink(os.path.join(state.release_path("r1"), FILES_RECORD))  # an unfinished tree is not running
     assert running_release(_digest(1), *where) is None
     assert running_release(_digest(1), str(tmp_path / "state"), str(tmp_path / "nowhere")) is None
+
+
+def test_mount_points_lie_below_the_allowed_prefixes_and_never_in_system_directories():
+    from ansible_collections.sciops.fleet.plugins.module_utils._release import (  # pylint: disable=import-outside-toplevel
+        DEFAULT_MOUNT_POINT_PREFIXES,
+        check_mount_point_prefixes,
+    )
+    digest = "sha256:" + "a" * 64
+
+    def manifest(mount_point):
+        return {"schema_version": 1, "application": "env", "version": "1.0", "protocol": "1", "artifacts": [
+            {"name": "env", "reference": f"r.example/build/env@{digest}", "install": "unpack", "mount_point": mount_point}]}
+
+    defaults = list(DEFAULT_MOUNT_POINT_PREFIXES)
+    assert validate_release(manifest("/opt/envs/env"), mount_point_prefixes=defaults)["artifacts"][0]["mount_point"] == "/opt/envs/env"
+    assert validate_release(manifest("/user-environment/env"), mount_point_prefixes=defaults)
+    for refused in ("/lib64", "/bin/x", "/etc/foo", "/var/lib/sciops-fleet/x", "/home/alice", "/tmp/x"):
+        with pytest.raises(ReleaseError, match="system directory"):
+            validate_release(manifest(refused), mount_point_prefixes=defaults)
+    for refused in ("/scratch/env", "/usr/local/x"):
+        with pytest.raises(ReleaseError, match=f"'{refused}' is not below an allowed mount point prefix \\(/opt, /user-environment, /apps\\)"):
+            validate_release(manifest(refused), mount_point_prefixes=defaults)
+    # A node does not know the site's list: it refuses system directories only; /usr/local is the site's.
+    assert validate_release(manifest("/scratch/env"))
+    site = check_mount_point_prefixes(["/usr/local/envs/", "/scratch"])
+    assert site == ["/usr/local/envs", "/scratch"]
+    assert validate_release(manifest("/usr/local/envs/env"), mount_point_prefixes=site)
+    assert validate_release(manifest("/usr/local/envs/env"))
+    with pytest.raises(OciError) as caught:
+        check_mount_point_prefixes(["/", "/usr", "/var/lib", "/etc/envs", "opt", "/usr/local"])
+    message = str(caught.value)
+    assert message.startswith("mount_point_prefixes: ")
+    for expected in ("'/' is the system directory /", "'/usr' is the system directory /usr",
+                     "'/var/lib' is in the system directory /var", "'/etc/envs' is in the system directory /etc",
+                     "'opt' must be an absolute path", "'/usr/local' is the system directory /usr/local"):
+        assert expected in message
+
+
+def test_a_release_larger_than_a_node_reads_is_refused():
+    from ansible_collections.sciops.fleet.plugins.module_utils._release import MAX_RELEASE_SIZE, release_document  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import MAX_MANIFEST_SIZE  # pylint: disable=import-outside-toplevel
+    assert MAX_RELEASE_SIZE == MAX_MANIFEST_SIZE == 4 * 1024 * 1024
+    release = validate_release(dict(copy.deepcopy(GOOD), description="x" * MAX_RELEASE_SIZE))
+    with pytest.raises(ReleaseError, match=r"release.json would be 419\d+ bytes \(4.0 MiB\), more than the 4194304 bytes \(4 MiB\) a node reads"):
+        release_document(release, "big.yaml")
+    small = validate_release(copy.deepcopy(GOOD))
+    assert release_document(small) == canonical_json(small)
