@@ -11,6 +11,7 @@ run_command in the modules), so nothing here needs Ansible.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -78,17 +79,46 @@ def query_package(run, path):
     return info
 
 
-def _same_package(run, old, new, new_digest, sign_key):
+def _same_package(run, old, new, new_digest, key_ids):
     """True when the RPM at OLD can stand for the fresh build NEW (whose digest is NEW_DIGEST when not signing): the
-    same bytes, or (when signing) the same header and payload and a signature by SIGN_KEY, since signatures carry a
-    time stamp."""
+    same bytes, or (when signing) the same header and payload and a signature by one of KEY_IDS (the sign key's long
+    ids, see signing_key_ids), since signatures carry a time stamp."""
     if not os.path.exists(old):
         return False
-    if not sign_key:
+    if not key_ids:
         return digest_file(old)[0] == new_digest
     before, after = query_package(run, old), query_package(run, new)
     same = all(before[k] == after[k] for k in ("header_sha256", "payload_digest"))
-    return same and sign_key[-8:].lower() in before["signature"].lower()
+    return same and signature_key_id(before["signature"]) in key_ids
+
+
+def signature_key_id(signature):
+    """The key id in rpm's ``%{RSAHEADER:pgpsig}`` text (``RSA/SHA256, <date>, Key ID 0123456789abcdef``), lower
+    case; empty when there is none."""
+    found = re.search(r"Key ID ([0-9A-Fa-f]+)", signature or "")
+    return found.group(1).lower() if found else ""
+
+
+def _gpg():
+    gpg = shutil.which("gpg") or shutil.which("gpg2")
+    if not gpg:
+        raise RpmBuildError("signing needs gpg on the build host; install it (Debian: gnupg, Red Hat: gnupg2)")
+    return gpg
+
+
+def signing_key_ids(run, key, gpg_home=None):
+    """The long key ids (lower case) of the secret key KEY (a user id, fingerprint, long or short id) and its
+    subkeys, as gpg resolves KEY when it signs: a signature by any of them is a signature by KEY."""
+    argv = [_gpg(), "--batch", "--with-colons", "--list-secret-keys", "--", key]
+    rc, out, err = run(argv, env={"GNUPGHOME": gpg_home} if gpg_home else None)
+    ids = {fields[4].lower() for fields in (line.split(":") for line in (out or "").splitlines())
+           if fields[0] in ("sec", "ssb") and len(fields) > 4 and fields[4]}
+    if rc != 0 or not ids:
+        where = f"in {gpg_home}" if gpg_home else "in the user's GnuPG home"
+        raise RpmBuildError(f"sign_key: gpg finds no secret key {key!r} {where} ({_tail(err or out)}); give a user id, "
+                            "fingerprint or key id of a secret key there, or set gpg_home")
+    # A short id names a key by its last 8 hex digits; rpm may show either length.
+    return ids | {key_id[-8:] for key_id in ids}
 
 
 def package_source_date_epoch(spec, package, plan, tree, given=None):
@@ -155,6 +185,7 @@ def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="z
             os.makedirs(dest)
         except OSError as exc:
             raise RpmBuildError(f"dest: cannot create {dest}: {exc.strerror}") from None
+    key_ids = signing_key_ids(run, sign_key, gpg_home) if sign_key else None
     scratch = tempfile.mkdtemp(prefix=".rpm_build-", dir=dest)
     texts = []
     try:
@@ -190,7 +221,7 @@ def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="z
             final = os.path.join(dest, file_name)
             # Unsigned, the built bytes are the package's: hashed once, for the comparison and the result.
             digest = None if sign_key else digest_file(built)
-            unchanged = _same_package(run, final, built, digest and digest[0], sign_key)
+            unchanged = _same_package(run, final, built, digest and digest[0], key_ids)
             if not unchanged and sign_key and not check_mode:
                 sign_package(run, built, sign_key, gpg_home)
             if digest is None:  # signed: the bytes that stay are the kept package's, or the newly signed ones
@@ -241,9 +272,7 @@ def _tail(text, lines=12):
 
 def sign_package(run, path, key, gpg_home=None):
     """Sign the RPM at PATH with gpg key KEY (rpmsign --addsign); the key must not ask for a passphrase."""
-    gpg = shutil.which("gpg") or shutil.which("gpg2")
-    if not gpg:
-        raise RpmBuildError("signing needs gpg on the build host; install it (Debian: gnupg, Red Hat: gnupg2)")
+    gpg = _gpg()
     # rpm's %__gpg names gpg2 on some systems and gpg on others: give it the one that is here.
     argv = ["rpmsign", "--addsign", "--define", f"_gpg_name {key}", "--define", f"__gpg {gpg}"]
     if gpg_home:

@@ -165,6 +165,33 @@ def test_app_and_deps_from_one_tree_show_their_metadata_files_scripts_and_requir
     assert again["changed"] is False and [p["digest"] for p in again["packages"]] == [p["digest"] for p in built["packages"]]
 
 
+def test_a_sign_key_given_as_a_user_id_signs_once_and_a_rerun_changes_nothing(run_module, tmp_path, gpg_key):
+    tree = stage_tree(tmp_path / "tree")
+    dest = tmp_path / "rpms"
+    home, fingerprint, _public = gpg_key
+    # As rpm_build's own EXAMPLES give it: the key's e-mail address.
+    built = run_module("rpm_build", tree=tree, dest=str(dest), spec=qserv_spec(), sign_key="test@example.org", gpg_home=home)
+    assert not built.get("failed") and built["changed"], built
+    signature = rpm("-qp", "--qf", "%{RSAHEADER:pgpsig}", os.path.join(dest, built["packages"][0]["file"]))
+    assert f"Key ID {fingerprint[-16:].lower()}" in signature, signature
+    digests = [p["digest"] for p in built["packages"]]
+    # The same key by its whole user id, its long id and its short id: still signed by it, nothing to do.
+    for key in ("test@example.org", "Fleet Test <test@example.org>", fingerprint[-16:], fingerprint[-8:].lower()):
+        again = run_module("rpm_build", tree=tree, dest=str(dest), spec=qserv_spec(), sign_key=key, gpg_home=home)
+        assert again["changed"] is False and not any(p["changed"] for p in again["packages"]), (key, again)
+        assert [p["digest"] for p in again["packages"]] == digests, key
+        assert [_sha256(os.path.join(dest, p["file"])) for p in again["packages"]] == [d.split(":", 1)[1] for d in digests]
+    unknown = run_module("rpm_build", tree=tree, dest=str(dest), spec=qserv_spec(), sign_key="nobody@example.org", gpg_home=home)
+    assert unknown.get("failed") and "sign_key: gpg finds no secret key 'nobody@example.org'" in unknown["msg"], unknown
+    assert [_sha256(os.path.join(dest, p["file"])) for p in built["packages"]] == [d.split(":", 1)[1] for d in digests]
+
+
+def _sha256(path):
+    import hashlib  # pylint: disable=import-outside-toplevel
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
 def test_same_tree_and_spec_give_the_same_bytes_and_only_what_changed_is_replaced(run_module, tmp_path):
     tree = stage_tree(tmp_path / "tree")
     first = run_module("rpm_build", tree=tree, dest=str(tmp_path / "a"), spec=qserv_spec())
