@@ -19,7 +19,9 @@ description:
   - Environment images (M(sciops.fleet.env_build)) are C(mount) artifacts, mounted read-only at
     C(releases/<id>/<name>) by an enabled systemd C(.mount) unit (the kernel's squashfs through a loop device, or
     squashfuse where there are no loop devices), or C(unpack) artifacts, unpacked into it. An artifact's C(mount_point)
-    becomes a link to C(<application>/current/<name>). See C(docs/environments.md).
+    becomes a link to C(<application>/current/<name>). A mount point in a system directory is refused, and so is
+    one where a path is that this node did not create (links it created are recorded in
+    C(<application>/.mount-links.json)); that path is left as it is. See C(docs/environments.md).
   - Configuration files are rendered from the release's templates with C($name) / C(${name}) variables (Python's
     C(string.Template)); a variable no one defines is an error naming the config and the variable.
   - The release is built in a staging directory and renamed into place once complete, so a half-installed release
