@@ -51,7 +51,7 @@ options:
     default: []
   mount_point_prefixes:
     description:
-      - Where the artifacts' C(mount_point) may be on the nodes: each mount point must lie below one of these
+      - Where the artifacts' C(mount_point) may be on the nodes. Each mount point must lie below one of these
         directories (C(/opt/envs/qserv) below C(/opt)), so that no release replaces a path of the system.
       - A prefix may not be C(/), a system directory (C(/bin), C(/boot), C(/dev), C(/etc), C(/home), C(/lib), C(/lib32),
         C(/lib64), C(/libx32), C(/lost+found), C(/media), C(/mnt), C(/proc), C(/root), C(/run), C(/sbin), C(/snap),
