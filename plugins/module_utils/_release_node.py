@@ -180,8 +180,10 @@ class AppState:
         """Point SLOT at releases/NAME atomically (a new link renamed over the old) and durably (dir fsync)."""
         link = os.path.join(self.app_dir, slot)
         tmp = os.path.join(self.app_dir, f".{slot}.tmp-{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for stale in os.listdir(self.app_dir):  # links left by a switch killed before its rename
+            if stale.startswith(f".{slot}.tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.app_dir, stale))
         os.symlink(os.path.join("releases", name), tmp)
         os.replace(tmp, link)
         fsync_dir(self.app_dir)
