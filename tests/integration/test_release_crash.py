@@ -115,7 +115,7 @@ def test_a_kill_after_any_rename_of_install_or_switch_is_repaired_by_the_next_ru
                 _on_fleet(ansible, fleet, "release_install", _install(v2), hosts=",".join(hosts))
         prepare(names[:1])
         points = _count_points(ansible, fleet, names[0], module, args)
-        assert any("/releases/" in p for p in points) and any(FACT in p for p in points), points
+        assert any(f"{ROOT}/" in p for p in points) and any(p.endswith(f" {FACT}") for p in points), points
         for first in range(1, len(points) + 1, len(names)):
             batch = list(zip(names, range(first, min(first + len(names), len(points) + 1))))
             hosts = [host for host, _n in batch]
