@@ -441,6 +441,7 @@ def _reconcile(state, dry):
     except RecordDamaged as exc:
         damaged = str(exc)
     if damaged or (not state.exists() and on_disk):
+        reason = damaged.split(";", maxsplit=1)[0] if damaged else "the record was missing"
         record = {"application": state.app, "releases": {}, "history": [], "current": None, "oldstable": None, "seq": 0}
         kept = None
         if damaged:
@@ -448,13 +449,13 @@ def _reconcile(state, dry):
             if not dry:
                 os.replace(state.fact_path, kept)
                 fsync_dir(state.facts_dir)
-            repairs.append(f"{damaged.split(';')[0]}: rebuilt from the release directories; the damaged record is kept as {kept}")
+            repairs.append(f"{reason}: rebuilt from the release directories; the damaged record is kept as {kept}")
         else:
             repairs.append(f"the record {state.fact_path} was missing: rebuilt from the release directories")
         if not dry:
             state.rebuilt = kept or state.fact_path
         _append(record, {"event": "rebuild", "result": "rebuilt", "kept": kept,
-                         "reason": damaged.split(";")[0] if damaged else "the record was missing"})
+                         "reason": reason})
     if not dry:
         for entry_name in os.listdir(state.releases_dir) if os.path.isdir(state.releases_dir) else []:
             if entry_name.endswith(".staging"):  # an interrupted install; the lock is ours, so no install is running
