@@ -19,6 +19,7 @@ Standard library only: this runs on managed nodes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -111,29 +112,50 @@ class AppState:
         self.releases_dir = os.path.join(self.app_dir, "releases")
         self.facts_dir = facts_dir
         self.fact_path = os.path.join(facts_dir, fact_name(app) + ".fact")
+        self.cache_dir = None  # where this run downloads to, for naming a full disk
+        self.rebuilt = None  # where the damaged record was kept when this run rebuilt it
 
     # -- record ---------------------------------------------------------------------------------
 
     def load(self):
-        """The record (an empty one when there is none yet)."""
+        """The record (an empty one when there is none yet); RecordDamaged when it is not a record.
+
+        A record written before records carried sequence numbers gets them here, in memory, from its history order."""
         try:
             with open(self.fact_path, encoding="utf-8") as handle:
                 record = json.load(handle)
         except FileNotFoundError:
             record = {}
+        except UnicodeDecodeError as exc:
+            raise RecordDamaged(self._damaged(f"not UTF-8 text: {exc.reason}")) from None
         except ValueError as exc:
-            raise RecordDamaged(f"the record {self.fact_path} is damaged ({exc}); move it away to start a new one") from None
+            raise RecordDamaged(self._damaged(f"not JSON: {exc}")) from None
+        problem = record_shape_problem(record)
+        if problem:
+            raise RecordDamaged(self._damaged(problem))
         record.setdefault("application", self.app)
         record.setdefault("releases", {})
         record.setdefault("history", [])
         for slot in SLOTS:
             record.setdefault(slot, None)
+        if "seq" not in record:
+            _number_legacy_record(record)
         return record
+
+    def _damaged(self, reason):
+        return (f"the record {self.fact_path} is damaged ({reason}); release_install, release_switch and release_health "
+                f"rebuild it from the release directories, keeping the damaged file beside it")
+
+    def exists(self):
+        return os.path.lexists(self.fact_path)
 
     def save(self, record):
         record["history"] = record["history"][-HISTORY_LIMIT:]
-        os.makedirs(self.facts_dir, exist_ok=True)
-        atomic_write(self.fact_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode=0o644)
+        data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        with disk_full_names(self, "the record of what this node runs was not saved; free space there and run the same "
+                                   "step again (it repairs the record from the release directories)"):
+            os.makedirs(self.facts_dir, exist_ok=True)
+            atomic_write(self.fact_path, data, mode=0o644)
 
     @contextlib.contextmanager
     def lock(self):
@@ -160,8 +182,10 @@ class AppState:
         """Point SLOT at releases/NAME atomically (a new link renamed over the old) and durably (dir fsync)."""
         link = os.path.join(self.app_dir, slot)
         tmp = os.path.join(self.app_dir, f".{slot}.tmp-{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for stale in os.listdir(self.app_dir):  # links left by a switch killed before its rename
+            if stale.startswith(f".{slot}.tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.app_dir, stale))
         os.symlink(os.path.join("releases", name), tmp)
         os.replace(tmp, link)
         fsync_dir(self.app_dir)
@@ -173,6 +197,14 @@ class AppState:
 
     def release_path(self, name):
         return os.path.join(self.releases_dir, name)
+
+    def release_dirs(self):
+        """Names of the release directories on disk (not staging trees nor other dot entries)."""
+        try:
+            return sorted(n for n in os.listdir(self.releases_dir)
+                          if not n.startswith(".") and os.path.isdir(self.release_path(n)) and not os.path.islink(self.release_path(n)))
+        except FileNotFoundError:
+            return []
 
     def is_installed(self, name):
         return os.path.isfile(os.path.join(self.release_path(name), FILES_RECORD))
@@ -198,7 +230,9 @@ def running_release(digest, state_root=DEFAULT_STATE_ROOT, facts_dir=DEFAULT_FAC
                 record = json.load(handle)
         except (OSError, ValueError):
             continue
-        current = record.get("current") if isinstance(record, dict) else None
+        if record_shape_problem(record):
+            continue
+        current = record.get("current")
         if not isinstance(current, dict) or current.get("digest") != digest or not record.get("application"):
             continue
         state = AppState(record["application"], state_root, facts_dir)
@@ -215,6 +249,262 @@ def release_summary(record, name):
     """What the record says of release NAME, for slots and history: name, digest, version, protocol."""
     entry = record["releases"].get(name) or {}
     return {"name": name, "digest": entry.get("digest"), "version": entry.get("version"), "protocol": entry.get("protocol")}
+
+
+# -- the record: shape, order, repair -------------------------------------------------------------
+
+STATUSES = ("installed", "good", "failed")
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _json_type(value):
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def record_shape_problem(record):
+    """What makes RECORD (parsed JSON) not a record, or None. Checks every field the modules read."""
+    if not isinstance(record, dict):
+        return f"it is {_json_type(record)}, not an object"
+    expected = {"application": str, "releases": dict, "history": list, "seq": int}
+    for key, kind in expected.items():
+        if key in record and (not isinstance(record[key], kind) or isinstance(record[key], bool)):
+            return f"{key} is {_json_type(record[key])}, not {_JSON_TYPES[kind]}"
+    for name, entry in (record.get("releases") or {}).items():
+        where = f"releases.{name}"
+        if not isinstance(entry, dict):
+            return f"{where} is {_json_type(entry)}, not an object"
+        if not isinstance(entry.get("digest"), str) or not is_digest(entry["digest"]):
+            return f"{where}.digest is {entry.get('digest')!r}, not a release id"
+        if entry.get("status") not in STATUSES:
+            return f"{where}.status is {entry.get('status')!r}, not one of {', '.join(STATUSES)}"
+        for key in ("version", "protocol", "role", "installed_at", "last_active", "checked_at"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                return f"{where}.{key} is {_json_type(entry[key])}, not a string"
+        for key in ("installed_seq", "last_active_seq", "checked_seq"):
+            if entry.get(key) is not None and (not isinstance(entry[key], int) or isinstance(entry[key], bool)):
+                return f"{where}.{key} is {_json_type(entry[key])}, not a number"
+        packages = entry.get("packages", [])
+        if not isinstance(packages, list) or not all(
+                isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("name", "evr", "arch", "file")) for p in packages):
+            return f"{where}.packages is not a list of packages (name, evr, arch, file)"
+    for index, event in enumerate(record.get("history") or []):
+        if not isinstance(event, dict):
+            return f"history[{index}] is {_json_type(event)}, not an object"
+        for key in ("from", "to", "release"):
+            if event.get(key) is not None and not isinstance(event[key], dict):
+                return f"history[{index}].{key} is {_json_type(event[key])}, not an object"
+    for slot in SLOTS:
+        value = record.get(slot)
+        if value is not None and not (isinstance(value, dict) and isinstance(value.get("name"), str)):
+            return f"{slot} is {_json_type(value)}, not null or an object naming a release"
+    return None
+
+
+def _number_legacy_record(record):
+    """Give a record written without sequence numbers its order: history events are numbered as they stand, and a
+    release's last_active_seq is the number of the last switch to it. Releases never switched to come first."""
+    last = {}
+    for index, event in enumerate(record["history"], 1):
+        event.setdefault("seq", index)
+        if event.get("event") == "switch" and event.get("to"):
+            last[event["to"].get("name")] = event["seq"]
+    for name, entry in record["releases"].items():
+        entry.setdefault("installed_seq", 0)
+        if name in last:
+            entry.setdefault("last_active_seq", last[name])
+    record["seq"] = max([e.get("seq", 0) for e in record["history"]] + [0])
+
+
+def next_seq(record):
+    """The next number of the record's own order: every change gets one; times are for people to read."""
+    record["seq"] = record.get("seq", 0) + 1
+    return record["seq"]
+
+
+def _append(record, event):
+    event["seq"] = next_seq(record)
+    event.setdefault("time", now())
+    record["history"].append(event)
+    return event
+
+
+def _recency(entry):
+    """How recently a release was in use, by the record's order (legacy entries fall back to their times)."""
+    return (max(entry.get("last_active_seq") or 0, entry.get("installed_seq") or 0),
+            entry.get("last_active") or entry.get("installed_at") or "")
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _free_bytes(path):
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        stat = os.statvfs(path or "/")
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+@contextlib.contextmanager
+def disk_full_names(state, consequence):
+    """Turn a full disk (ENOSPC, EDQUOT) into an error that names the directory that filled up and what to do."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        places = [(state.releases_dir, "the releases directory"), (state.facts_dir, "the facts directory (the record)")]
+        if state.cache_dir:
+            places.append((state.cache_dir, "the download cache"))
+        named = [p for p in places if exc.filename and os.path.abspath(str(exc.filename)).startswith(p[0].rstrip("/") + "/")]
+        if not named:  # a write has no file name: the fullest file system is the one
+            free = [(_free_bytes(p[0]), p) for p in places]
+            free = [f for f in free if f[0] is not None]
+            named = [min(free, key=lambda f: f[0])[1]] if free else places
+        directory, label = named[0]
+        what = "no space left" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        raise OciError(f"{what} in {directory} ({label} of {state.app}): {consequence}") from None
+
+
+def verify_release_dir(state, name):
+    """``(release dict or None, reason)``: release NAME is complete when its files record names the release id of
+    NAME, its release.json validates, and every recorded file is there with its size and digest (links too)."""
+    root = state.release_path(name)
+    try:
+        with open(os.path.join(root, FILES_RECORD), encoding="utf-8") as handle:
+            files_record = json.load(handle)
+        digest, files = files_record["digest"], files_record["files"]
+        with open(os.path.join(root, RELEASE_FILE), encoding="utf-8") as handle:
+            release = validate_release(json.load(handle), os.path.join(root, RELEASE_FILE))
+    except (OSError, ValueError, KeyError, TypeError, ReleaseError) as exc:
+        return None, f"its files record or {RELEASE_FILE} cannot be read ({exc})"
+    if not isinstance(digest, str) or not is_digest(digest) or release_dir_name(release, digest) != name:
+        return None, f"its files record names release {digest!r}, which is not the release {name}"
+    for relative, entry in sorted(files.items()):
+        path = os.path.join(root, relative)
+        if "link" in entry:
+            if not os.path.islink(path) or os.readlink(path) != entry["link"]:
+                return None, f"{relative} is not the link the files record names"
+        elif os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) != entry.get("size"):
+            return None, f"{relative} is missing or has another size than its files record says"
+    for relative, entry in sorted(files.items()):  # sizes first: a short file fails without being read
+        if "link" not in entry and digest_file(os.path.join(root, relative))[0] != entry.get("digest"):
+            return None, f"{relative} does not have the digest its files record names"
+    return dict(release, digest=digest), None
+
+
+def _entry(release, seq):
+    return {"digest": release["digest"], "version": release["version"], "protocol": release["protocol"],
+            "role": release["role"], "installed_at": now(), "installed_seq": seq, "status": "installed"}
+
+
+def _packages_of(state, name, release):
+    """The RPM packages of an installed release (read back from its files) for an adopted entry."""
+    packages = []
+    for artifact in release["artifacts"]:
+        if artifact["install"] != "rpm":
+            continue
+        folder = os.path.join(state.release_path(name), artifact["name"])
+        for file_name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if file_name.endswith(".rpm"):
+                package = _rpm_header(os.path.join(folder, file_name))
+                package["file"] = os.path.relpath(package.pop("path"), state.release_path(name))
+                packages.append(package)
+    return packages
+
+
+def reconcile(state, check_mode=False):
+    """Make the record agree with what is on disk, under the lock; ``(record, repairs)``.
+
+    A damaged record (or a missing one while release directories exist) is rebuilt from the disk, the damaged file
+    kept beside it as ``<fact>.damaged-<UTC time>`` (``state.rebuilt`` says where). A complete release directory the
+    record does not know (an install killed after its rename, a record that could not be saved) is adopted; an
+    incomplete one, and staging trees of interrupted installs, are removed; entries whose directory is gone are
+    dropped; a slot the record names wrongly (a switch killed before its record was saved) is recorded as it is,
+    with a repaired switch in the history. REPAIRS lists what was done, for the module's warnings. CHECK_MODE
+    computes the same without writing anything."""
+    if check_mode:
+        return _reconcile(state, dry=True)
+    with disk_full_names(state, "the repaired record was not saved; free space there and run the same step again"):
+        with state.lock():
+            return _reconcile(state, dry=False)
+
+
+def _reconcile(state, dry):
+    """reconcile() with the lock held (or DRY: nothing written)."""
+    repairs = []
+    on_disk = state.release_dirs()
+    try:
+        record = state.load()
+        damaged = None
+    except RecordDamaged as exc:
+        damaged = str(exc)
+    if damaged or (not state.exists() and on_disk):
+        reason = damaged.split(";", maxsplit=1)[0] if damaged else "the record was missing"
+        record = {"application": state.app, "releases": {}, "history": [], "current": None, "oldstable": None, "seq": 0}
+        kept = None
+        if damaged:
+            kept = f"{state.fact_path}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            if not dry:
+                os.replace(state.fact_path, kept)
+                fsync_dir(state.facts_dir)
+            repairs.append(f"{reason}: rebuilt from the release directories; the damaged record is kept as {kept}")
+        else:
+            repairs.append(f"the record {state.fact_path} was missing: rebuilt from the release directories")
+        if not dry:
+            state.rebuilt = kept or state.fact_path
+        _append(record, {"event": "rebuild", "result": "rebuilt", "kept": kept,
+                         "reason": reason})
+    if not dry:
+        for entry_name in os.listdir(state.releases_dir) if os.path.isdir(state.releases_dir) else []:
+            if entry_name.endswith(".staging"):  # an interrupted install; the lock is ours, so no install is running
+                shutil.rmtree(os.path.join(state.releases_dir, entry_name), ignore_errors=True)
+    held = {slot: state.slot_target(slot) for slot in SLOTS}
+    for name in on_disk:
+        if name in record["releases"] and state.is_installed(name):
+            continue
+        release, why = verify_release_dir(state, name)
+        known = record["releases"].get(name)
+        if release and (not known or known.get("digest") == release["digest"]):
+            if not known:
+                record["releases"][name] = _entry(release, next_seq(record))
+                packages = _packages_of(state, name, release) if not dry else []
+                if packages:
+                    record["releases"][name]["packages"] = packages
+                _append(record, {"event": "adopt", "release": release_summary(record, name), "result": "adopted"})
+                repairs.append(f"release {name} was installed but not recorded: adopted (its files verify)")
+        elif name in held.values():
+            repairs.append(f"release {name} is in a slot but does not verify ({why}); kept, see its drift in status")
+        else:
+            if not dry:
+                deactivate_images(state.release_path(name))
+                shutil.rmtree(state.release_path(name), ignore_errors=True)
+            record["releases"].pop(name, None)
+            repairs.append(f"release {name} was incomplete ({why}): removed, install it again")
+    for name in list(record["releases"]):
+        if name not in on_disk:
+            record["releases"].pop(name)
+            repairs.append(f"release {name} was recorded but its directory is gone: dropped from the record")
+    for slot in SLOTS:
+        name = held[slot] if held[slot] in record["releases"] else None
+        recorded = (record.get(slot) or {}).get("name")
+        if recorded == name and (name is None or record[slot].get("digest") == record["releases"][name]["digest"]):
+            continue
+        before = record.get(slot)
+        record[slot] = dict(release_summary(record, name), status=record["releases"][name]["status"]) if name else None
+        if name:
+            record["releases"][name]["last_active_seq"] = record.get("seq", 0) + 1
+        _append(record, {"event": "switch", "slot": slot, "reason": "repaired: the link had moved but the record had not",
+                         "from": before, "to": release_summary(record, name) if name else None,
+                         "result": "switched", "repaired": True})
+        repairs.append(f"{slot} points to {name or 'nothing'} but the record said {recorded or 'nothing'}: "
+                       "recorded as it is (not health-checked)")
+    if repairs and not dry:
+        state.save(record)
+    return record, repairs
 
 
 # -- install ------------------------------------------------------------------------------------
@@ -281,89 +571,109 @@ def _record_files(root, known=None):
 def install_release(state, release, digest, registry_options, cache_dir=None, config_vars=None, check_mode=False):
     """Install RELEASE (validated dict) with id DIGEST into releases/<version>-<short digest>/; never touch slots.
 
-    Returns a dict: name, path, changed, artifacts (per artifact: files and transfer), transfer totals.
+    First makes the record agree with the disk (see reconcile()): a release directory left complete by an
+    interrupted run is adopted, not installed again. A failed install removes its staging tree.
+    Returns a dict: name, path, changed, artifacts (per artifact: files and transfer), transfer totals,
+    repairs (what reconcile() repaired) and record_rebuilt (where a damaged record was kept, or None).
     """
     name = release_dir_name(release, digest)
     final = state.release_path(name)
-    outcome = {"name": name, "path": final, "changed": False, "artifacts": [], "transfer": {"bytes_downloaded": 0, "blobs_downloaded": 0}}
-    if state.is_installed(name):
-        outcome["changed"] = activate_images(state, release, final, check_mode=check_mode)
+    state.cache_dir = cache_dir
+    outcome = {"name": name, "path": final, "changed": False, "artifacts": [], "repairs": [], "record_rebuilt": None,
+               "transfer": {"bytes_downloaded": 0, "blobs_downloaded": 0}}
+    record, outcome["repairs"] = reconcile(state, check_mode)
+    outcome["record_rebuilt"] = state.rebuilt
+    if name in record["releases"] and state.is_installed(name):
+        outcome["changed"] = activate_images(state, release, final, check_mode=check_mode) or bool(outcome["repairs"])
         return outcome
     outcome["changed"] = True
     if check_mode:
         return outcome
+    consequence = "the release was not installed and current is untouched; free space there and install again"
     with state.lock():
-        if state.is_installed(name):
-            outcome["changed"] = activate_images(state, release, final)
+        record = state.load()
+        if name in record["releases"] and state.is_installed(name):
+            outcome["changed"] = activate_images(state, release, final) or bool(outcome["repairs"])
             return outcome
         staging = os.path.join(state.releases_dir, f".{name}.staging")
-        # A staging tree under the lock is what an interrupted install left: start it over.
-        shutil.rmtree(staging, ignore_errors=True)
-        os.makedirs(staging)
-        cache = BlobCache(cache_dir) if cache_dir else None
-        mounts = []
-        packages = []
-        placed = {}  # files verified on placement: not hashed again for the files record
-        for artifact in release["artifacts"]:
-            reference = parse_reference(artifact["reference"])
-            store = open_store(reference, **registry_options)
-            dest = os.path.join(staging, artifact["name"])
-            pulled = pull_artifact(store, reference.repository, artifact["digest"], dest, str(reference), cache=cache,
-                                   expected_digest=artifact["digest"], link=True)
-            if artifact["install"] == "rpm":
-                not_rpm = [item["name"] for item in pulled["files"] if not item["name"].endswith(".rpm")]
-                if not_rpm:
-                    raise OciError(f"artifact {artifact['name']} of {release['application']} {release['version']} is "
-                                   f"installed as rpm but holds {', '.join(not_rpm)}; push only .rpm files in it")
-                packages.extend(_rpm_header(item["path"]) for item in pulled["files"])
-            if artifact["install"] == "extract":
-                for item in pulled["files"]:
-                    if item["name"].endswith(ARCHIVE_SUFFIXES):
-                        _extract(item["path"], dest)
-                        os.unlink(item["path"])
-            elif artifact["install"] in IMAGE_KINDS:
-                mounts.extend(_place_image(staging, final, artifact, pulled["files"], str(reference)))
-            else:
-                placed.update({os.path.relpath(item["path"], staging): {"digest": item["digest"], "size": item["size"]}
-                               for item in pulled["files"]})
-            for key in ("bytes_downloaded", "blobs_downloaded"):
-                outcome["transfer"][key] += store.stats.get(key, 0)
-            outcome["artifacts"].append({"name": artifact["name"], "digest": artifact["digest"],
-                                         "files": [f["name"] for f in pulled["files"]]})
-        variables = {"application": release["application"], "version": release["version"],
-                     "release_dir": final, "current_dir": os.path.join(state.app_dir, "current")}
-        for config in release["configs"]:
-            source = os.path.join(staging, config["source"])
-            where = f"config {config['dest']} of {release['application']} {release['version']}"
-            try:
-                with open(source, encoding="utf-8") as handle:
-                    text = handle.read()
-            except OSError as exc:
-                raise OciError(f"{where}: cannot read its template {config['source']}: {exc.strerror}") from None
-            merged = {**variables, **config["vars"], **(config_vars or {})}
-            dest = os.path.join(staging, config["dest"])
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            atomic_write(dest, _render(text, merged, where).encode("utf-8"), mode=int(config["mode"], 8))
-        atomic_write(os.path.join(staging, RELEASE_FILE), (json.dumps(release, indent=2, sort_keys=True) + "\n").encode())
-        if mounts:
-            atomic_write(os.path.join(staging, MOUNTS_RECORD), (json.dumps(mounts, indent=2, sort_keys=True) + "\n").encode())
-        files = _record_files(staging, placed)
-        atomic_write(os.path.join(staging, FILES_RECORD), json.dumps({"digest": digest, "files": files}, sort_keys=True).encode())
-        if os.path.exists(final):  # a directory without the files record is an unfinished copy
-            deactivate_images(final)
-            shutil.rmtree(final)
-        os.rename(staging, final)
+        try:
+            with disk_full_names(state, consequence):
+                # A staging tree under the lock is what an interrupted install left: start it over.
+                shutil.rmtree(staging, ignore_errors=True)
+                os.makedirs(staging)
+                packages = _build_release(state, release, digest, registry_options, staging, final, cache_dir,
+                                          config_vars, outcome)
+                if os.path.exists(final):  # a directory without the files record is an unfinished copy
+                    deactivate_images(final)
+                    shutil.rmtree(final)
+                os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing half-built stays behind, even on a full disk
+            raise
         fsync_dir(state.releases_dir)
         activate_images(state, release, final)
-        record = state.load()
-        record["releases"][name] = {"digest": digest, "version": release["version"], "protocol": release["protocol"],
-                                    "role": release["role"], "installed_at": now(), "status": "installed"}
+        record["releases"][name] = _entry(dict(release, digest=digest), next_seq(record))
         if packages:
-            for package in packages:
-                package["file"] = os.path.relpath(package.pop("path"), staging)
             record["releases"][name]["packages"] = packages
         state.save(record)
     return outcome
+
+
+def _build_release(state, release, digest, registry_options, staging, final, cache_dir, config_vars, outcome):
+    """Fill STAGING with the release's artifacts, configs, release.json and files record; the RPM packages."""
+    cache = BlobCache(cache_dir) if cache_dir else None
+    mounts = []
+    packages = []
+    placed = {}  # files verified on placement: not hashed again for the files record
+    for artifact in release["artifacts"]:
+        reference = parse_reference(artifact["reference"])
+        store = open_store(reference, **registry_options)
+        dest = os.path.join(staging, artifact["name"])
+        pulled = pull_artifact(store, reference.repository, artifact["digest"], dest, str(reference), cache=cache,
+                               expected_digest=artifact["digest"], link=True)
+        if artifact["install"] == "rpm":
+            not_rpm = [item["name"] for item in pulled["files"] if not item["name"].endswith(".rpm")]
+            if not_rpm:
+                raise OciError(f"artifact {artifact['name']} of {release['application']} {release['version']} is "
+                               f"installed as rpm but holds {', '.join(not_rpm)}; push only .rpm files in it")
+            packages.extend(_rpm_header(item["path"]) for item in pulled["files"])
+        if artifact["install"] == "extract":
+            for item in pulled["files"]:
+                if item["name"].endswith(ARCHIVE_SUFFIXES):
+                    _extract(item["path"], dest)
+                    os.unlink(item["path"])
+        elif artifact["install"] in IMAGE_KINDS:
+            mounts.extend(_place_image(staging, final, artifact, pulled["files"], str(reference)))
+        else:
+            placed.update({os.path.relpath(item["path"], staging): {"digest": item["digest"], "size": item["size"]}
+                           for item in pulled["files"]})
+        for key in ("bytes_downloaded", "blobs_downloaded"):
+            outcome["transfer"][key] += store.stats.get(key, 0)
+        outcome["artifacts"].append({"name": artifact["name"], "digest": artifact["digest"],
+                                     "files": [f["name"] for f in pulled["files"]]})
+    variables = {"application": release["application"], "version": release["version"],
+                 "release_dir": final, "current_dir": os.path.join(state.app_dir, "current")}
+    for config in release["configs"]:
+        source = os.path.join(staging, config["source"])
+        where = f"config {config['dest']} of {release['application']} {release['version']}"
+        try:
+            with open(source, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise OciError(f"{where}: cannot read its template {config['source']}: {exc.strerror}") from None
+        merged = {**variables, **config["vars"], **(config_vars or {})}
+        dest = os.path.join(staging, config["dest"])
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        atomic_write(dest, _render(text, merged, where).encode("utf-8"), mode=int(config["mode"], 8))
+    atomic_write(os.path.join(staging, RELEASE_FILE), (json.dumps(release, indent=2, sort_keys=True) + "\n").encode())
+    if mounts:
+        atomic_write(os.path.join(staging, MOUNTS_RECORD), (json.dumps(mounts, indent=2, sort_keys=True) + "\n").encode())
+    files = _record_files(staging, placed)
+    atomic_write(os.path.join(staging, FILES_RECORD), json.dumps({"digest": digest, "files": files}, sort_keys=True).encode())
+    if packages:
+        for package in packages:
+            package["file"] = os.path.relpath(package.pop("path"), staging)
+    return packages
 
 
 # -- environment images ---------------------------------------------------------------------------
@@ -659,8 +969,9 @@ def choose_release(state, record, text):
         return text
     if text == "previous":
         current = (record.get("current") or {}).get("digest")
-        for event in reversed(record["history"]):
-            if event.get("event") != "switch" or event.get("slot") != "current" or not event.get("from"):
+        switches = [e for e in record["history"] if e.get("event") == "switch" and e.get("slot") == "current"]
+        for event in sorted(switches, key=lambda e: e.get("seq") or 0, reverse=True):  # the record's order, not times
+            if not event.get("from"):
                 continue
             digest = event["from"].get("digest")
             name = state.name_for(record, digest)
@@ -703,7 +1014,7 @@ def switch_release(state, digest, slot="current", keep=3, protect=(), reason="ro
     """
     if slot not in SLOTS:
         raise OciError(f"slot must be one of {', '.join(SLOTS)}, not {slot!r}")
-    record = state.load()
+    record, repairs = reconcile(state, check_mode)
     name = state.name_for(record, digest)
     if name is None or not state.is_installed(name):
         raise OciError(f"release {digest} of {state.app} is not installed on this node; install it first (sciops.fleet.release_install)")
@@ -714,9 +1025,10 @@ def switch_release(state, digest, slot="current", keep=3, protect=(), reason="ro
             and state.is_installed(before)
             and (record["releases"].get(before) or {}).get("protocol") != (record["releases"].get(name) or {}).get("protocol")):
         pending["oldstable"] = before
-    outcome = {"changed": before != name, "from": release_summary(record, before) if before else None,
+    outcome = {"changed": before != name or bool(repairs), "from": release_summary(record, before) if before else None,
                "to": release_summary(record, name), "pruned": [], "services": release_services(state, name),
-               "oldstable_from": None, "oldstable_moved": "oldstable" in pending}
+               "oldstable_from": None, "oldstable_moved": "oldstable" in pending,
+               "repairs": repairs, "record_rebuilt": state.rebuilt}
     if "oldstable" in pending:
         outcome["oldstable_from"] = release_summary(record, old_oldstable) if old_oldstable else None
     after_oldstable = pending.get("oldstable", name if slot == "oldstable" else old_oldstable)
@@ -729,21 +1041,24 @@ def switch_release(state, digest, slot="current", keep=3, protect=(), reason="ro
         outcome["pruned"] = _prune_plan(state, record, keep, protect, pending)
         outcome["changed"] = outcome["changed"] or bool(outcome["pruned"])
         return outcome
-    with state.lock():
+    with disk_full_names(state, "nothing was switched; free space there and switch again"), state.lock():
         record = state.load()
+        moved = False
         for target_slot in sorted(pending, key=lambda s: s != "oldstable"):  # oldstable first: a server never lacks either
             target, previous = pending[target_slot], state.slot_target(target_slot)
             if previous == target:
                 continue
             state.set_slot(target_slot, target)
+            moved = True
             record[target_slot] = release_summary(record, target)
-            record["releases"][target]["last_active"] = now()
-            record["history"].append({"time": now(), "event": "switch", "slot": target_slot,
-                                      "reason": reason if target_slot == slot else f"{reason} (lockstep)",
-                                      "from": release_summary(record, previous) if previous else None,
-                                      "to": release_summary(record, target), "result": "switched"})
+            event = _append(record, {"event": "switch", "slot": target_slot,
+                                     "reason": reason if target_slot == slot else f"{reason} (lockstep)",
+                                     "from": release_summary(record, previous) if previous else None,
+                                     "to": release_summary(record, target), "result": "switched"})
+            record["releases"][target]["last_active"] = event["time"]
+            record["releases"][target]["last_active_seq"] = event["seq"]
         _prune(state, record, keep, protect, pending, outcome)
-        if outcome["changed"]:
+        if moved or outcome["pruned"]:
             state.save(record)
     return outcome
 
@@ -756,17 +1071,18 @@ def retire_slot(state, slot="oldstable", keep=3, protect=(), reason="retire", ch
         raise OciError("current is never emptied; switch it to another release instead")
     if slot not in SLOTS:
         raise OciError(f"slot must be one of {', '.join(SLOTS)}, not {slot!r}")
-    record = state.load()
+    record, repairs = reconcile(state, check_mode)
     before = state.slot_target(slot)
-    outcome = {"changed": before is not None, "from": release_summary(record, before) if before else None, "pruned": []}
+    outcome = {"changed": before is not None or bool(repairs), "from": release_summary(record, before) if before else None,
+               "pruned": [], "repairs": repairs, "record_rebuilt": state.rebuilt}
     if check_mode or before is None:
         return outcome
-    with state.lock():
+    with disk_full_names(state, "oldstable was not retired; free space there and retire again"), state.lock():
         record = state.load()
         state.clear_slot(slot)
         record[slot] = None
-        record["history"].append({"time": now(), "event": "retire", "slot": slot, "reason": reason,
-                                  "from": outcome["from"], "to": None, "result": "retired"})
+        _append(record, {"event": "retire", "slot": slot, "reason": reason,
+                         "from": outcome["from"], "to": None, "result": "retired"})
         _prune(state, record, keep, protect, {}, outcome)
         state.save(record)
     return outcome
@@ -791,8 +1107,8 @@ def _prune_plan(state, record, keep, protect, pending):
     held |= {name for name, entry in record["releases"].items() if entry.get("digest") in set(protect or ())}
     candidates = [(name, entry) for name, entry in record["releases"].items() if name not in held]
     failed = [name for name, entry in candidates if entry.get("status") == "failed"]
-    usable = sorted((c for c in candidates if c[1].get("status") != "failed"),
-                    key=lambda c: c[1].get("last_active") or c[1].get("installed_at") or "", reverse=True)
+    # Newest first by the record's own order, never by clocks: a node whose clock is wrong keeps the right releases.
+    usable = sorted((c for c in candidates if c[1].get("status") != "failed"), key=lambda c: _recency(c[1]), reverse=True)
     room = max(keep - len([h for h in held if h in record["releases"] and record["releases"][h].get("status") != "failed"]), 0)
     return sorted(failed + [name for name, _entry in usable[room:]])
 
@@ -846,24 +1162,38 @@ def run_health_checks(release, variables, sleep=time.sleep):
     return results
 
 
-def record_health(state, digest, healthy, results):
-    """Mark release DIGEST good or failed in the record; a failed release never counts as good again until re-checked."""
-    with state.lock():
-        record = state.load()
+def record_health(state, digest, healthy, results, slot="current"):
+    """Mark release DIGEST good or failed in the record; a failed release never counts as good again until re-checked.
+
+    Refuses unless SLOT points to DIGEST's release at the time of recording: a verdict is about the release a slot
+    runs, never about one another run switched away. The same verdict again writes nothing (idempotent): only a
+    changed verdict is saved and added to the history. Returns whether the record changed; ``state.rebuilt`` says
+    where a damaged record was kept when it had to be rebuilt first."""
+    if slot not in SLOTS:
+        raise OciError(f"slot must be one of {', '.join(SLOTS)}, not {slot!r}")
+    with disk_full_names(state, "the health verdict was not recorded; free space there and check again"), state.lock():
+        record, repairs = _reconcile(state, dry=False)
         name = state.name_for(record, digest)
         if name is None:
             raise OciError(f"release {digest} of {state.app} is not installed on this node")
+        target = state.slot_target(slot)
+        if target != name:
+            raise OciError(f"release {digest} ({name}) of {state.app} is not what {slot} points to on this node "
+                           f"({target or 'nothing'}): its health is not recorded; another run may have switched "
+                           f"{slot} meanwhile, check the release {slot} runs")
         status = "good" if healthy else "failed"
-        changed = record["releases"][name].get("status") != status
-        record["releases"][name]["status"] = status
-        record["releases"][name]["checked_at"] = now()
-        for slot in SLOTS:
-            if record.get(slot) and record[slot].get("name") == name:
-                record[slot]["status"] = status
-        record["history"].append({"time": now(), "event": "health", "release": release_summary(record, name),
-                                  "result": status, "failed_checks": [r["name"] for r in results if not r["ok"]]})
+        entry = record["releases"][name]
+        slot_entries = [record[s] for s in SLOTS if record.get(s) and record[s].get("name") == name]
+        if entry.get("status") == status and all(e.get("status") == status for e in slot_entries):
+            return bool(repairs)
+        entry["status"] = status
+        for slot_entry in slot_entries:
+            slot_entry["status"] = status
+        event = _append(record, {"event": "health", "slot": slot, "release": release_summary(record, name),
+                                 "result": status, "failed_checks": [r["name"] for r in results if not r["ok"]]})
+        entry["checked_at"], entry["checked_seq"] = event["time"], event["seq"]
         state.save(record)
-    return changed
+    return True
 
 
 # -- preflight ----------------------------------------------------------------------------------

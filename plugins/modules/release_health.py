@@ -87,6 +87,13 @@ checks:
   type: list
   elements: dict
   sample: [{name: "tcp 127.0.1.3:7000", ok: true, detail: "connected to 127.0.1.3:7000", attempts: 1}]
+record_rebuilt:
+  description:
+    - When recording found the record damaged or missing and rebuilt it from the release directories, where the
+      damaged file was kept; else null.
+  returned: success
+  type: str
+  sample: /etc/ansible/facts.d/sciops_fleet_qserv.fact.damaged-20260102T030405Z
 """
 
 import json
@@ -98,7 +105,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import Oc
 from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release import RELEASE_FILE
 from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec, release_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._release_node import AppState, record_health, run_health_checks
+from ansible_collections.sciops.fleet.plugins.module_utils._release_node import AppState, reconcile, record_health, run_health_checks
 
 
 def main():
@@ -115,7 +122,8 @@ def main():
     params = module.params
     try:
         state = AppState(params["application"], params["state_root"], params["facts_dir"])
-        record = state.load()
+        # A damaged or missing record is rebuilt only when this run records a verdict; else it is read as it is.
+        record, repairs = reconcile(state, check_mode=module.check_mode or not params["record"])
         if params["release"]:
             digest = release_digest(params["release"])
             name = state.name_for(record, digest)
@@ -132,12 +140,15 @@ def main():
         healthy = all(r["ok"] for r in results)
         changed = False
         if params["record"] and not module.check_mode:
-            changed = record_health(state, digest, healthy, results)
+            changed = record_health(state, digest, healthy, results, slot=params["slot"])
     except OciError as exc:
         fail_from(module, exc)
     except (OSError, ValueError) as exc:
         module.fail_json(msg=f"checking {params['application']} failed: {exc}", error_type=type(exc).__name__)
-    module.exit_json(changed=changed, healthy=healthy, release_id=digest, checks=results)
+    for repair in repairs:
+        module.warn(repair)
+    module.exit_json(changed=changed or bool(repairs and params["record"] and not module.check_mode), healthy=healthy,
+                     release_id=digest, checks=results, record_rebuilt=state.rebuilt)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,16 @@ description:
   - Configuration files are rendered from the release's templates with C($name) / C(${name}) variables (Python's
     C(string.Template)); a variable no one defines is an error naming the config and the variable.
   - The release is built in a staging directory and renamed into place once complete, so a half-installed release
-    never looks installed; an interrupted install is started over by the next run. The slots (C(current),
-    C(oldstable)) are never touched; M(sciops.fleet.release_switch) does that.
+    never looks installed; an interrupted install is started over by the next run, and a failed one removes its
+    staging tree. The slots (C(current), C(oldstable)) are never touched; M(sciops.fleet.release_switch) does that.
+  - Before installing, the node's record is made to agree with its release directories. A complete release
+    directory the record does not know (an install interrupted after its rename, a record that could not be saved on
+    a full disk) is adopted when its files record verifies (every file there with its size and digest); an
+    incomplete one is removed and installed again. A damaged or missing record is rebuilt from the release
+    directories and the slot links, the damaged file kept beside it as C(<fact>.damaged-<UTC time>). Each repair is
+    a warning and makes the task C(changed).
+  - A full disk (C(ENOSPC), C(EDQUOT)) fails with the directory that filled up (the releases directory, the download
+    cache or the facts directory) and what to do.
   - Runs on managed nodes with the Python standard library only.
 extends_documentation_fragment:
   - sciops.fleet.registry
@@ -112,6 +120,19 @@ transfer:
   returned: success
   type: dict
   sample: {bytes_downloaded: 0, blobs_downloaded: 0}
+repairs:
+  description: What was repaired so that the record agrees with the release directories (empty when nothing was).
+  returned: success
+  type: list
+  elements: str
+  sample: ["release 1.4.0-6c3c624b58db was installed but not recorded: adopted (its files verify)"]
+record_rebuilt:
+  description:
+    - When the record was damaged or missing and rebuilt from the release directories, where the damaged file was
+      kept (the record's own path when there was none); else null.
+  returned: success
+  type: str
+  sample: /etc/ansible/facts.d/sciops_fleet_qserv.fact.damaged-20260102T030405Z
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -148,9 +169,12 @@ def main():
         fail_from(module, exc)
     except OSError as exc:
         module.fail_json(msg=f"installing {params['release']} failed: {exc}", error_type="OSError")
+    for repair in outcome["repairs"]:
+        module.warn(repair)
     module.exit_json(changed=outcome["changed"], release_id=digest, application=release["application"],
                      version=release["version"], name=outcome["name"], path=outcome["path"],
-                     artifacts=outcome["artifacts"], transfer=outcome["transfer"], release=release)
+                     artifacts=outcome["artifacts"], transfer=outcome["transfer"], release=release,
+                     repairs=outcome["repairs"], record_rebuilt=outcome["record_rebuilt"])
 
 
 if __name__ == "__main__":

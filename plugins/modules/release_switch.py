@@ -15,13 +15,20 @@ description:
   - Records the switch in the node's local facts (C(ansible_local.sciops_fleet_<application>)) with the time, the
     release before and after, and the reason.
   - Prunes old releases down to O(keep), counting only releases that did not fail, ordered by when they were last
-    current (not by file times), and never removing what a slot points to or what O(protect) names. Failed releases
+    current (by the record's order, not by clocks or file times), and never removing what a slot points to or what O(protect) names. Failed releases
     are removed as soon as nothing holds them.
   - When C(current) is switched to a release with C(install=rpm) artifacts, its RPM packages become the node's before
     the link moves, in one C(rpm -U) transaction for the packages whose installed version differs; a package whose
     version would go down is refused unless O(rpm_downgrade) (then C(--oldpackage)). Then the packages of the release
     C(current) leaves that the new one no longer ships are erased (C(rpm -e)). rpm holds one version of a package, so
     packages follow C(current) only. See C(docs/rpm.md).
+  - Before switching, the node's record is made to agree with the slot links and release directories. A slot whose
+    link moved while the record was not saved (a switch interrupted by a crash) is recorded as it is, with a switch
+    marked C(repaired) in the history, and the task is C(changed) even when the slot already pointed at O(release);
+    such a release is not health-checked. A damaged or missing record is rebuilt from the disk, the damaged file kept
+    beside it as C(<fact>.damaged-<UTC time>). Each repair is a warning.
+  - Releases are ordered by the record's own sequence numbers, never by clocks, so a node whose clock is wrong
+    prunes the right releases and C(previous) is the release that really ran before.
   - Runs on managed nodes with the Python standard library only.
 extends_documentation_fragment:
   - sciops.fleet.release_node
@@ -187,6 +194,17 @@ pruned:
   type: list
   elements: str
   sample: [1.2.0-44136fa355b3]
+repairs:
+  description: What was repaired so that the record agrees with the slot links and release directories.
+  returned: success
+  type: list
+  elements: str
+  sample: ["current points to 1.4.0-6c3c624b58db but the record said 1.3.2-9f86d081884c: recorded as it is (not health-checked)"]
+record_rebuilt:
+  description: When the record was damaged or missing and rebuilt, where the damaged file was kept; else null.
+  returned: success
+  type: str
+  sample: /etc/ansible/facts.d/sciops_fleet_qserv.fact.damaged-20260102T030405Z
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -194,7 +212,13 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec, release_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._release_node import AppState, choose_release, retire_slot, switch_release
+from ansible_collections.sciops.fleet.plugins.module_utils._release_node import (
+    AppState,
+    choose_release,
+    reconcile,
+    retire_slot,
+    switch_release,
+)
 
 
 def main():
@@ -220,6 +244,7 @@ def main():
             raise OciError(f"keep must be at least 1, not {params['keep']}")
         state = AppState(params["application"], params["state_root"], params["facts_dir"])
         protect = [release_digest(p, "protect") for p in params["protect"]]
+        record, repairs = reconcile(state, module.check_mode)
         if params["state"] == "absent":
             outcome = retire_slot(state, params["slot"], params["keep"], protect, params["reason"], module.check_mode)
             outcome.update(to=None, services=[])
@@ -227,7 +252,7 @@ def main():
             wanted = params["release"]
             if "/" in wanted or "@" in wanted:  # a reference pinned by digest
                 wanted = release_digest(wanted)
-            digest = choose_release(state, state.load(), wanted)
+            digest = choose_release(state, record, wanted)
             outcome = switch_release(state, digest, params["slot"], params["keep"], protect, params["reason"],
                                      module.check_mode, keep_oldstable=params["keep_oldstable"],
                                      rpm_downgrade=params["rpm_downgrade"], rpm_nodeps=params["rpm_nodeps"])
@@ -237,6 +262,11 @@ def main():
         module.fail_json(msg=f"switching {params['application']} to {params['release']} failed: {exc}", error_type="OSError")
     keys = ("changed", "from", "to", "pruned", "services", "oldstable", "oldstable_moved", "oldstable_from", "packages")
     result = {key: outcome[key] for key in keys if key in outcome}
+    result["repairs"] = repairs + outcome["repairs"]
+    result["record_rebuilt"] = state.rebuilt
+    result["changed"] = result["changed"] or bool(result["repairs"])
+    for repair in result["repairs"]:
+        module.warn(repair)
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = {"before": f"{params['slot']}: {(outcome['from'] or {}).get('name')}\n",
                           "after": f"{params['slot']}: {(outcome['to'] or {}).get('name')}\n"}

@@ -445,3 +445,169 @@ def test_a_release_larger_than_a_node_reads_is_refused():
         release_document(release, "big.yaml")
     small = validate_release(copy.deepcopy(GOOD))
     assert release_document(small) == canonical_json(small)
+
+
+# -- the record: shape, repair, order -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("[]", "it is an array, not an object"),
+    ('{"releases": [], "history": {}}', "releases is an array, not an object"),
+    ('{"releases": {"r1": {"digest": 7, "status": "good"}}}', "releases.r1.digest is 7"),
+    ('{"releases": {"r1": {"digest": "sha256:' + "ab" * 32 + '", "status": "fine"}}}', "releases.r1.status is 'fine'"),
+    ('{"releases": {"r1": {"digest": "sha256:' + "ab" * 32 + '", "status": "good", "version": 1.1}}}',
+     "releases.r1.version is a number, not a string"),
+    ('{"history": [1]}', "history[0] is a number"),
+    ('{"current": "r1"}', "current is a string, not null or an object"),
+    ('{"seq": "3"}', "seq is a string, not a number"),
+    ("{", "not JSON"),
+])
+def test_a_record_of_the_wrong_shape_is_reported_damaged_not_a_crash(tmp_path, text, reason):
+    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import RecordDamaged  # pylint: disable=import-outside-toplevel
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    os.makedirs(state.facts_dir)
+    with open(state.fact_path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    with pytest.raises(RecordDamaged) as caught:
+        state.load()
+    assert reason in str(caught.value) and state.fact_path in str(caught.value) and "rebuild" in str(caught.value)
+
+
+def test_an_installed_but_unrecorded_release_is_adopted_and_an_incomplete_one_installed_again(tmp_path):
+    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import install_release  # pylint: disable=import-outside-toplevel
+    release = _layout_release(tmp_path, b"tool bytes\n" * 1000)
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    first = install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))
+    record = state.load()
+    entry = record["releases"][first["name"]]
+    assert entry["installed_seq"] == record["seq"] == 1
+    record["releases"].clear()  # as after a kill between the rename and the record's save
+    state.save(record)
+    again = install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))
+    assert again["changed"] and any("adopted" in r for r in again["repairs"]) and again["artifacts"] == []
+    adopted = state.load()["releases"][first["name"]]
+    assert (adopted["digest"], adopted["version"], adopted["protocol"], adopted["status"]) == (_digest(1), "1.0", "1", "installed")
+    assert state.load()["history"][-1]["event"] == "adopt"
+    assert not install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))["changed"]
+    # An unrecorded directory whose file lost bytes does not verify: removed and installed again, whole.
+    record = state.load()
+    record["releases"].clear()
+    state.save(record)
+    placed = os.path.join(first["path"], "bin", "tool.bin")
+    os.unlink(placed)
+    with open(placed, "wb") as handle:
+        handle.write(b"tool bytes\n")
+    redone = install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))
+    assert any("incomplete" in r and "size" in r for r in redone["repairs"]) and redone["artifacts"]
+    with open(placed, "rb") as handle:
+        assert handle.read() == b"tool bytes\n" * 1000
+
+
+def test_a_failed_install_leaves_no_staging_tree(tmp_path):
+    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import install_release  # pylint: disable=import-outside-toplevel
+    release = _layout_release(tmp_path, b"x" * 100)
+    release["configs"] = [{"source": "bin/missing.in", "dest": "etc/x.conf", "vars": {}, "mode": "0644"}]
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    with pytest.raises(OciError, match="cannot read its template"):
+        install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))
+    assert os.listdir(state.releases_dir) == []
+
+
+def test_a_damaged_or_missing_record_is_rebuilt_from_the_disk_and_kept_aside(tmp_path):
+    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import install_release  # pylint: disable=import-outside-toplevel
+    release = _layout_release(tmp_path, b"payload\n")
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    installed = install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))
+    switch_release(state, _digest(1))
+    with open(state.fact_path, "w", encoding="utf-8") as handle:
+        handle.write('{"releases": [], "history": {}}')
+    # Check mode (and every read-only path) predicts without writing.
+    predicted = switch_release(AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts")), _digest(1), check_mode=True)
+    assert predicted["changed"] and predicted["record_rebuilt"] is None
+    with open(state.fact_path, encoding="utf-8") as handle:
+        assert handle.read() == '{"releases": [], "history": {}}'
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    outcome = switch_release(state, _digest(1))
+    assert outcome["changed"] and outcome["record_rebuilt"].startswith(state.fact_path + ".damaged-")
+    with open(outcome["record_rebuilt"], encoding="utf-8") as handle:
+        assert handle.read() == '{"releases": [], "history": {}}'
+    record = state.load()
+    assert record["current"]["name"] == installed["name"] and record["current"]["digest"] == _digest(1)
+    assert [h["event"] for h in record["history"]] == ["rebuild", "adopt", "switch"] and record["history"][-1]["repaired"]
+    # A record moved away is rebuilt too; nothing is kept aside then.
+    os.unlink(state.fact_path)
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    assert install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))["record_rebuilt"] == state.fact_path
+    assert state.load()["releases"][installed["name"]]["digest"] == _digest(1)
+
+
+def test_a_switch_killed_before_its_record_was_saved_is_repaired_by_a_rerun(tmp_path):
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    for n in (1, 2):
+        _installed(state, f"r{n}", _digest(n), "good")
+    switch_release(state, _digest(1))
+    state.set_slot("current", "r2")  # the link moved; the record was never saved
+    assert state.load()["current"]["name"] == "r1"
+    rerun = switch_release(state, _digest(2))
+    assert rerun["changed"] and rerun["repairs"]
+    record = state.load()
+    assert record["current"]["name"] == "r2"
+    assert record["history"][-1]["repaired"] is True and "repaired" in record["history"][-1]["reason"]
+    assert record["history"][-1]["from"]["name"] == "r1"
+    assert not switch_release(state, _digest(2))["changed"]
+
+
+def test_order_is_the_records_own_not_the_clocks(tmp_path, monkeypatch):
+    from ansible_collections.sciops.fleet.plugins.module_utils import _release_node  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import choose_release  # pylint: disable=import-outside-toplevel
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    for n in range(1, 5):
+        _installed(state, f"r{n}", _digest(n), "good")
+    switch_release(state, _digest(1), keep=4)
+    switch_release(state, _digest(2), keep=4)
+    # The clock jumps 25 years back: later switches carry earlier times.
+    monkeypatch.setattr(_release_node, "now", lambda: "2001-01-01T00:00:00Z")
+    switch_release(state, _digest(3), keep=4)
+    outcome = switch_release(state, _digest(4), keep=3)
+    assert outcome["pruned"] == ["r1"]  # not r3, the release that really ran before
+    record = state.load()
+    assert choose_release(state, record, "previous") == _digest(3)
+    seqs = [h["seq"] for h in record["history"]]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_a_legacy_record_without_sequence_numbers_is_ordered_by_its_history(tmp_path):
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    for n in range(1, 4):
+        _installed(state, f"r{n}", _digest(n), "good")
+    os.makedirs(state.facts_dir, exist_ok=True)
+    history = [{"time": "2030-01-01T00:00:00Z" if n == 1 else "2001-01-01T00:00:00Z", "event": "switch", "slot": "current",
+                "from": None, "to": {"name": f"r{n}", "digest": _digest(n)}, "result": "switched"} for n in (1, 2, 3)]
+    releases = {f"r{n}": {"digest": _digest(n), "version": f"r{n}", "protocol": "1", "status": "good",
+                          "last_active": history[n - 1]["time"]} for n in (1, 2, 3)}
+    with open(state.fact_path, "w", encoding="utf-8") as handle:
+        json.dump({"application": "hello", "releases": releases, "history": history, "current": None, "oldstable": None}, handle)
+    state.set_slot("current", "r3")
+    record = state.load()
+    assert record["seq"] == 3 and [h["seq"] for h in record["history"]] == [1, 2, 3]
+    assert _prune_plan(state, record, 2, (), {}) == ["r1"]
+
+
+def test_a_repeated_health_verdict_writes_nothing_and_a_verdict_needs_its_slot(tmp_path):
+    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import record_health  # pylint: disable=import-outside-toplevel
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    for n in (1, 2):
+        _installed(state, f"r{n}", _digest(n))
+    switch_release(state, _digest(1))
+    assert record_health(state, _digest(1), True, [])
+    before = (os.stat(state.fact_path).st_mtime_ns, len(state.load()["history"]))
+    assert not record_health(state, _digest(1), True, [])
+    assert (os.stat(state.fact_path).st_mtime_ns, len(state.load()["history"])) == before
+    assert record_health(state, _digest(1), False, [{"name": "port", "ok": False}])
+    assert state.load()["current"]["status"] == "failed"
+    with pytest.raises(OciError, match=r"r2\) of hello is not what current points to on this node \(r1\)"):
+        record_health(state, _digest(2), True, [])
+    with pytest.raises(OciError, match="not what oldstable points to on this node \\(nothing\\)"):
+        record_health(state, _digest(1), True, [], slot="oldstable")
+    state.set_slot("oldstable", "r2")
+    assert record_health(state, _digest(2), True, [], slot="oldstable")
