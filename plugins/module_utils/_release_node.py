@@ -595,6 +595,8 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
         if name in record["releases"] and state.is_installed(name):
             outcome["changed"] = activate_images(state, release, final) or bool(outcome["repairs"])
             return outcome
+        # A mount point the node may not take is refused before anything is fetched or placed.
+        activate_images(state, release, final, check_mode=True)
         staging = os.path.join(state.releases_dir, f".{name}.staging")
         try:
             with disk_full_names(state, consequence):
