@@ -258,7 +258,7 @@ def unpack_layer(dest, item, archive, what):
     old = None
     try:
         _check_tar_digest(archive, descriptor.annotations.get(UNPACKED_DIGEST_ANNOTATION), where)
-        extract_tar(archive, staging, name=where)
+        extract_tar(archive, staging, name=where, inside=f"the destination {dest}")
         # The archive names its members <title>/...: the tree is at staging/<title>, and nothing may lie beside it.
         level = staging
         for part in name_parts(name, dest):

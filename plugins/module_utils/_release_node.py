@@ -220,7 +220,7 @@ def release_summary(record, name):
 
 def _extract(archive, dest):
     """Extract the tar archive ARCHIVE into DEST with the data policy: no member lands or leads outside DEST."""
-    extract_tar(archive, dest)
+    extract_tar(archive, dest, inside="the release")
 
 
 def _render(text, variables, where):

@@ -53,17 +53,17 @@ class ArchiveError(OciError):
         self.member = member
 
 
-def _split(name, archive, member):
+def _split(name, archive, member, inside):
     """The components of NAME relative to the root: absolute names and ``..`` above the root are refused."""
     if name.startswith("/"):
-        raise ArchiveError(archive, member, "has an absolute name")
+        raise ArchiveError(archive, member, f"has the absolute name {name!r}, outside {inside}")
     parts = []
     for part in name.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
             if not parts:
-                raise ArchiveError(archive, member, "leads above the destination with '..'")
+                raise ArchiveError(archive, member, f"leads with '..' outside {inside}")
             parts.pop()
         else:
             parts.append(part)
@@ -80,8 +80,9 @@ def _kind(mode):
 class _Extraction:
     """One extraction into ROOT: the directory descriptors, what was created, and what is left to do at the end."""
 
-    def __init__(self, root, archive, tree):
+    def __init__(self, root, archive, tree, inside):
         self.root = root
+        self.inside = inside
         self.archive = archive
         self.tree = tree
         self.privileged = tree and os.geteuid() == 0
@@ -154,7 +155,7 @@ class _Extraction:
         """Why TARGET, read from the directory START (parts), leads outside the root; None when it stays inside."""
         if target.startswith("/"):
             if not self.tree:
-                return f"is a symbolic link to the absolute path {target!r}"
+                return f"is a symbolic link to the absolute path {target!r}, outside {self.inside}"
             start = []
         resolved = list(start)
         pending = target.split("/")
@@ -165,7 +166,7 @@ class _Extraction:
                 continue
             if part == "..":
                 if not resolved:
-                    return f"is a symbolic link to {target!r}, which leads outside the destination"
+                    return f"is a symbolic link to {target!r}, which leads outside {self.inside}"
                 resolved.pop()
                 continue
             resolved.append(part)
@@ -179,7 +180,8 @@ class _Extraction:
             resolved.pop()
             if inner.startswith("/"):
                 if not self.tree:
-                    return f"is a symbolic link to {target!r}, which leads through the absolute link {inner!r}"
+                    return (f"is a symbolic link to {target!r}, which leads through the absolute link {inner!r} "
+                            f"outside {self.inside}")
                 resolved = []
             pending = inner.split("/") + pending
         return None
@@ -204,10 +206,10 @@ class _Extraction:
         os.utime(fd, ns=(int(member.mtime * 1e9),) * 2)
 
     def add(self, tar, member):
-        parts = _split(member.name, self.archive, member.name)
+        parts = _split(member.name, self.archive, member.name, self.inside)
         if not parts:
             if not member.isdir():
-                raise ArchiveError(self.archive, member.name, "names the destination itself and is not a directory")
+                raise ArchiveError(self.archive, member.name, f"names {self.inside} itself and is not a directory")
             return  # the destination's own entry: its metadata is the caller's
         fd = self.open_parent(parts, member.name)
         leaf = parts[-1]
@@ -251,7 +253,7 @@ class _Extraction:
         self.regular["/".join(parts)] = (info.st_dev, info.st_ino)
 
     def add_hard_link(self, fd, leaf, parts, member):
-        target = _split(member.linkname, self.archive, member.name)
+        target = _split(member.linkname, self.archive, member.name, self.inside)
         key = "/".join(target)
         if key not in self.regular:
             raise ArchiveError(self.archive, member.name,
@@ -290,7 +292,7 @@ class _Extraction:
 
     def add_special(self, fd, leaf, parts, member):
         if not self.tree:
-            raise ArchiveError(self.archive, member.name, "is a device node or fifo, which release content may not hold")
+            raise ArchiveError(self.archive, member.name, f"is a device node or fifo, which may not be placed in {self.inside}")
         if not self.privileged and not member.isfifo():
             raise ArchiveError(self.archive, member.name, "is a device node; only root can create it")
         self.clear_for(fd, leaf, member, "special file")
@@ -359,15 +361,16 @@ def _open_archive(path, archive):
     return tarfile.open(fileobj=process.stdout, mode="r|"), process
 
 
-def extract_tar(path, dest, tree=False, name=None):
+def extract_tar(path, dest, tree=False, name=None, inside="the destination"):
     """Extract the tar archive PATH into the existing directory DEST, refusing any member that could land or
     lead outside it (see the module docstring; TREE selects the operating-system-tree policy).
 
-    On a refusal (ArchiveError, naming NAME or the archive's base name, and the member) or any other error,
-    everything the extraction created is removed again. Returns the number of members extracted."""
+    On a refusal (ArchiveError, naming NAME or the archive's base name, and the member; INSIDE names DEST in
+    messages) or any other error, everything the extraction created is removed again. Returns the number of
+    members extracted."""
     archive = name or os.path.basename(path)
     root = os.path.realpath(dest)
-    job = _Extraction(root, archive, tree)
+    job = _Extraction(root, archive, tree, inside)
     tar, process = None, None
     count = 0
     try:

@@ -80,8 +80,8 @@ options:
     description:
       - The artifact type of the manifest (C(artifactType)), for example C(application/vnd.sciops.release.v1).
       - Without it, a manifest with the empty config gets C(application/vnd.unknown.artifact.v1), as the ORAS CLI
-        writes it: the OCI image spec 1.1 requires an artifact type when the config is empty. With O(config), the
-        config's media type tells the type and none is set.
+        writes it, since the OCI image spec 1.1 requires an artifact type when the config is empty. With O(config),
+        the config's media type tells the type and none is set.
     type: str
   annotations:
     description:
