@@ -21,6 +21,8 @@ import tempfile
 import time
 
 from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._safe_extract import extract_tar
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd_manager import (
     ENABLED_STATES,
     start_and_check,
@@ -171,8 +173,10 @@ def extract_image(image, image_format, dest, run_tool, which, scratch_dir):
     if image_format == "directory":
         run_tool(["cp", "-a", "--", os.path.join(image, "."), dest], f"copying {image}")
     elif image_format == "tar":
-        run_tool(["tar", "--extract", "--file", image, "--directory", dest, "--numeric-owner",
-                  "--preserve-permissions", "--same-owner"], f"extracting {image}")
+        try:
+            extract_tar(image, dest, tree=True)
+        except OciError as exc:
+            raise MachineError(f"extracting {image}: {exc}") from None
     elif which("unsquashfs"):
         # unsquashfs creates the destination itself.
         os.rmdir(dest)

@@ -10,8 +10,13 @@ same files give the same digest and a second push changes nothing.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import os
+import shutil
 import stat
+import tempfile
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import (
     FILE_MODE_ANNOTATION,
@@ -21,6 +26,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import 
     parse_file_mode,
     safe_destination,
 )
+from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._nspawn import tree_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import NotFoundError, OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_bytes, digest_file
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
@@ -33,8 +40,16 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
     build_manifest,
     parse_manifest,
 )
+from ansible_collections.sciops.fleet.plugins.module_utils._safe_extract import extract_tar
 
 DEFAULT_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+# OCI image spec 1.1: a manifest with the empty config MUST carry an artifactType; this is what the ORAS CLI writes.
+UNKNOWN_ARTIFACT_TYPE = "application/vnd.unknown.artifact.v1"
+# The oras CLI pushes a directory as one gzip tar layer with these annotations and unpacks it on pull.
+UNPACK_ANNOTATION = "io.deis.oras.content.unpack"
+UNPACKED_DIGEST_ANNOTATION = "io.deis.oras.content.digest"
+# In a pull's destination: what each unpacked directory was unpacked from, and its tree then.
+UNPACKED_RECORD = ".sciops-unpacked.json"
 
 
 class LocalFile:
@@ -125,6 +140,7 @@ def push_artifact(store, repo, tags, files, config_path=None, config_media_type=
         config = Descriptor(config_media_type, config_digest, config_size)
     else:
         config = empty_config()
+        artifact_type = artifact_type or UNKNOWN_ARTIFACT_TYPE
     manifest = build_manifest([f.descriptor for f in files], config=config, subject=subject,
                               artifact_type=artifact_type, annotations=annotations)
     digest = digest_bytes(manifest)
@@ -153,12 +169,36 @@ def load_manifest(store, repo, ref, what):
     return manifest, digest, media_type
 
 
-def plan_pull(manifest, dest, what, create=True):
+def is_unpack_layer(descriptor):
+    """True for a directory layer as the oras CLI pushes it: a tar archive to unpack under its title."""
+    return str(descriptor.annotations.get(UNPACK_ANNOTATION, "")).lower() == "true"
+
+
+def _unpacked_record(dest):
+    try:
+        with open(os.path.join(dest, UNPACKED_RECORD), encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _unpack_state(dest, name, path, descriptor):
+    entry = _unpacked_record(dest).get(name)
+    if not isinstance(entry, dict) or entry.get("digest") != descriptor.digest:
+        return "fetch"
+    if not os.path.isdir(path) or os.path.islink(path) or tree_digest(path) != entry.get("tree"):
+        return "fetch"
+    return "present"
+
+
+def plan_pull(manifest, dest, what, create=True, unpack=False):
     """What pulling MANIFEST into DEST means, file by file.
 
-    Returns ``(files, skipped)``: files is a list of dicts (name, path, descriptor, mode, state) where state
-    is ``present`` (content and mode already right), ``mode`` (content right, mode to fix) or ``fetch``;
-    skipped lists the digests of layers without a file name, which ORAS clients do not write either.
+    Returns ``(files, skipped)``: files is a list of dicts (name, path, descriptor, mode, state, unpack) where
+    state is ``present`` (content and mode already right), ``mode`` (content right, mode to fix) or ``fetch``;
+    skipped lists the digests of layers without a file name, which ORAS clients do not write either. With UNPACK,
+    a directory layer of the oras CLI is a directory DEST/<title>.
     """
     files, skipped, seen = [], [], set()
     for number, layer in enumerate(manifest.get("layers") or []):
@@ -170,6 +210,14 @@ def plan_pull(manifest, dest, what, create=True):
         if name in seen:
             raise OciError(f"{what} names the file {name!r} twice; refusing to let one layer overwrite another")
         seen.add(name)
+        if unpack and is_unpack_layer(descriptor):
+            parts = name_parts(name, dest)
+            # The archive is downloaded beside the directory, under a name checked like any file name.
+            archive = safe_destination(dest, "/".join(parts[:-1] + [f".{parts[-1]}.oras-layer"]), create=create)
+            path = os.path.join(os.path.dirname(archive), parts[-1])
+            files.append({"name": name, "path": path, "descriptor": descriptor, "mode": None, "unpack": archive,
+                          "state": _unpack_state(dest, name, path, descriptor)})
+            continue
         path = safe_destination(dest, name, create=create)
         mode = parse_file_mode(descriptor.annotations.get(FILE_MODE_ANNOTATION), name)
         if not file_matches(path, descriptor.digest, descriptor.size):
@@ -178,14 +226,71 @@ def plan_pull(manifest, dest, what, create=True):
             state = "mode"
         else:
             state = "present"
-        files.append({"name": name, "path": path, "descriptor": descriptor, "mode": mode, "state": state})
+        files.append({"name": name, "path": path, "descriptor": descriptor, "mode": mode, "state": state, "unpack": None})
     return files, skipped
 
 
-def pull_artifact(store, repo, ref, dest, what, cache=None, expected_digest=None, check_mode=False, link=False):
+def _check_tar_digest(archive, expected, where):
+    """The oras CLI records the digest of the uncompressed tar; check it when it is there."""
+    if not expected or not expected.startswith("sha256:"):
+        return
+    hasher = hashlib.sha256()
+    try:
+        with gzip.open(archive, "rb") as handle:
+            for block in iter(lambda: handle.read(1024 * 1024), b""):
+                hasher.update(block)
+    except (OSError, EOFError) as exc:
+        raise OciError(f"{where} is not a gzip tar archive: {exc}") from None
+    if "sha256:" + hasher.hexdigest() != expected:
+        raise OciError(f"{where}: its uncompressed tar has digest sha256:{hasher.hexdigest()}, not the {expected} "
+                       f"its {UNPACKED_DIGEST_ANNOTATION} annotation records; push the directory again")
+
+
+def unpack_layer(dest, item, archive, what):
+    """Unpack the verified directory layer ARCHIVE of ITEM into DEST/<title>, replacing what was there only once the
+    whole tree is extracted; record what it was unpacked from. Members are held to the data policy of extract_tar
+    and must lie under the title, as the oras CLI writes them."""
+    name, descriptor, final = item["name"], item["descriptor"], item["path"]
+    where = f"{what}, directory layer {name!r} ({descriptor.digest})"
+    parent = os.path.dirname(final)
+    leaf = os.path.basename(final)
+    staging = tempfile.mkdtemp(prefix=f".{leaf}.unpack-", dir=parent)
+    old = None
+    try:
+        _check_tar_digest(archive, descriptor.annotations.get(UNPACKED_DIGEST_ANNOTATION), where)
+        extract_tar(archive, staging, name=where, inside=f"the destination {dest}")
+        # The archive names its members <title>/...: the tree is at staging/<title>, and nothing may lie beside it.
+        level = staging
+        for part in name_parts(name, dest):
+            entries = os.listdir(level)
+            if entries != [part]:
+                stray = sorted(set(entries) - {part}) or ["nothing"]
+                raise OciError(f"{where} holds {', '.join(stray)} where only the directory {name!r} may be; "
+                               "push the directory with the oras CLI or with directory layers named after it")
+            level = os.path.join(level, part)
+        if os.path.islink(level) or not os.path.isdir(level):
+            raise OciError(f"{where} holds no directory {name!r}")
+        if os.path.lexists(final):
+            old = tempfile.mkdtemp(prefix=f".{leaf}.old-", dir=parent)
+            os.rename(final, os.path.join(old, leaf))
+        os.rename(level, final)
+        fsync_dir(parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        os.unlink(archive)
+    record = _unpacked_record(dest)
+    record[name] = {"digest": descriptor.digest, "tree": tree_digest(final)}
+    atomic_write(os.path.join(dest, UNPACKED_RECORD), (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+
+
+def pull_artifact(store, repo, ref, dest, what, cache=None, expected_digest=None, check_mode=False, link=False,
+                  unpack=False):
     """Place every named file of the artifact REF in DEST, verified; fetch only what is missing or different.
 
     LINK hard-links files to the CACHE's entries where possible (for trees never written to, see fetch_blob_to).
+    UNPACK unpacks the directory layers of the oras CLI into DEST/<title>/ (see unpack_layer).
 
     Returns a dict: digest, media_type, artifact_type, annotations, changed, files (name, path, digest,
     size, state), skipped.
@@ -196,11 +301,15 @@ def pull_artifact(store, repo, ref, dest, what, cache=None, expected_digest=None
                        "the tag has moved or the wrong reference was given")
     if not check_mode:
         os.makedirs(dest, exist_ok=True)
-    files, skipped = plan_pull(manifest, dest, what, create=not check_mode)
+    files, skipped = plan_pull(manifest, dest, what, create=not check_mode, unpack=unpack)
     for item in files:
         if check_mode or item["state"] == "present":
             continue
-        if item["state"] == "mode":
+        if item["unpack"]:
+            archive = store.fetch_blob_to(repo, item["descriptor"], os.path.dirname(item["unpack"]),
+                                          os.path.basename(item["unpack"]), cache=cache)
+            unpack_layer(dest, item, archive, what)
+        elif item["state"] == "mode":
             os.chmod(item["path"], item["mode"])
         else:
             store.fetch_blob_to(repo, item["descriptor"], dest, item["name"], mode=item["mode"], cache=cache, link=link)
@@ -211,6 +320,6 @@ def pull_artifact(store, repo, ref, dest, what, cache=None, expected_digest=None
         "annotations": manifest.get("annotations") or {},
         "changed": any(item["state"] != "present" for item in files),
         "files": [{"name": i["name"], "path": i["path"], "digest": i["descriptor"].digest,
-                   "size": i["descriptor"].size, "state": i["state"]} for i in files],
+                   "size": i["descriptor"].size, "state": i["state"], "unpacked": bool(i["unpack"])} for i in files],
         "skipped": skipped,
     }

@@ -29,7 +29,6 @@ import shutil
 import socket
 import string
 import subprocess
-import tarfile
 import time
 import urllib.error
 
@@ -54,6 +53,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._release import (
     validate_release,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._rpm_version import evr_compare
+from ansible_collections.sciops.fleet.plugins.module_utils._safe_extract import extract_tar
 
 DEFAULT_STATE_ROOT = "/var/lib/sciops-fleet"
 DEFAULT_FACTS_DIR = "/etc/ansible/facts.d"
@@ -511,25 +511,8 @@ def _reconcile(state, dry):
 
 
 def _extract(archive, dest):
-    """Extract a tar archive into DEST, refusing members that would land outside it or are not plain files/dirs/links."""
-    root = os.path.realpath(dest)
-    with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        for member in members:
-            target = os.path.realpath(os.path.join(root, member.name))
-            if target != root and not target.startswith(root + os.sep):
-                raise OciError(f"{os.path.basename(archive)}: member {member.name!r} would be written outside the release")
-            if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-                raise OciError(f"{os.path.basename(archive)}: member {member.name!r} is a device or fifo; refusing it")
-            if member.issym() or member.islnk():
-                link_base = os.path.dirname(target) if member.issym() else root
-                link_target = os.path.realpath(os.path.join(link_base, member.linkname))
-                if link_target != root and not link_target.startswith(root + os.sep):
-                    raise OciError(f"{os.path.basename(archive)}: link {member.name!r} points outside the release")
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(root, members=members, filter="data")
-        else:  # Python < 3.11.4: members were checked above
-            tar.extractall(root, members=members)  # nosec B202
+    """Extract the tar archive ARCHIVE into DEST with the data policy: no member lands or leads outside DEST."""
+    extract_tar(archive, dest, inside="the release")
 
 
 def _render(text, variables, where):

@@ -54,6 +54,20 @@ options:
       - A content-addressed cache directory on the node (C(<cache_dir>/blobs/sha256/<hex>)). Blobs are
         downloaded into it and copied to O(dest); a digest already in it is not downloaded again.
     type: path
+  unpack:
+    description:
+      - Unpack a directory layer as the C(oras) CLI pushes it (a gzip tar archive with the annotation
+        C(io.deis.oras.content.unpack=true), titled with the directory's name) into O(dest)/<title>/, as C(oras pull)
+        does. The layer's digest is verified before anything is extracted.
+      - Extraction follows no symbolic link, refuses absolute names, C(..), devices, fifos, links that lead
+        outside the directory and hard links to anything but a file of the same layer, and drops set-id and
+        group/other write bits. A refused layer fails the task naming the member; the directory in O(dest) is
+        replaced only once the whole layer is extracted.
+      - What each directory was unpacked from is recorded in O(dest)/.sciops-unpacked.json, so a second run with
+        the same layer and an unchanged tree transfers and writes nothing.
+      - With V(false), the layer is saved as a file named after its title.
+    type: bool
+    default: true
 seealso:
   - module: sciops.fleet.oras_push
   - module: sciops.fleet.oras_info
@@ -75,6 +89,11 @@ EXAMPLES = r"""
     reference: registry.site.example:5000/deploy/env@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
     dest: /opt/env
     ca_path: /etc/pki/site-ca.pem
+
+- name: Pull a directory pushed with "oras push registry.example.org/build/configs:1 site-a/"; it lands in /etc/qserv/site-a/
+  sciops.fleet.oras_pull:
+    reference: registry.example.org/build/configs:1
+    dest: /etc/qserv
 
 - name: Pull from an OCI layout shipped to an air-gapped node
   sciops.fleet.oras_pull:
@@ -107,11 +126,13 @@ files:
   description:
     - One entry per file. C(state) says what was found before the pull; C(present) (nothing done), C(mode)
       (permission bits fixed) or C(fetch) (content placed).
+    - C(unpacked) is true for a directory layer unpacked into C(path), a directory (see O(unpack)).
   returned: success
   type: list
   elements: dict
   sample: [{name: qserv-1.4.0.tar.gz, path: /var/lib/sciops-fleet/qserv/staging/qserv-1.4.0.tar.gz,
-            digest: "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", size: 1048576, state: present}]
+            digest: "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", size: 1048576, state: present,
+            unpacked: false}]
 skipped:
   description: Digests of layers without a file name; they are not written.
   returned: success
@@ -145,6 +166,7 @@ def main():
             dest={"type": "path", "required": True},
             expected_digest={"type": "str"},
             cache_dir={"type": "path"},
+            unpack={"type": "bool", "default": True},
         ),
         supports_check_mode=True,
     )
@@ -161,7 +183,8 @@ def main():
             raise OciError(f"reference {params['reference']!r} names neither a tag nor a digest")
         cache = BlobCache(params["cache_dir"]) if params["cache_dir"] else None
         outcome = pull_artifact(store, reference.repository, reference.ref, params["dest"], str(reference),
-                                cache=cache, expected_digest=params["expected_digest"], check_mode=module.check_mode)
+                                cache=cache, expected_digest=params["expected_digest"], check_mode=module.check_mode,
+                                unpack=params["unpack"])
     except OciError as exc:
         fail_from(module, exc, transfer=dict(store.stats) if store else {})
     except OSError as exc:

@@ -77,7 +77,11 @@ options:
     type: bool
     default: true
   artifact_type:
-    description: The artifact type of the manifest (C(artifactType)), for example C(application/vnd.sciops.release.v1).
+    description:
+      - The artifact type of the manifest (C(artifactType)), for example C(application/vnd.sciops.release.v1).
+      - Without it, a manifest with the empty config gets C(application/vnd.unknown.artifact.v1), as the ORAS CLI
+        writes it, since the OCI image spec 1.1 requires an artifact type when the config is empty. With O(config),
+        the config's media type tells the type and none is set.
     type: str
   annotations:
     description:
