@@ -144,6 +144,9 @@ def test_a_node_refuses_a_mount_point_it_did_not_create_and_leaves_it_as_it_was(
         assert "this node did not create it" in message and "left as it is" in message, message
         after = fleet.ssh(name, f"stat -c '%F %N' {mount_point}; cat {mount_point} {mount_point}/keep 2>/dev/null || true").stdout
         assert after == before[name]
+        # Refused before anything was placed: no release directory, no staging tree is left to be adopted later.
+        left = fleet.ssh(name, f"ls -A /var/lib/sciops-fleet/{APP}/releases 2>/dev/null || true").stdout.split()
+        assert left == [], left
 
 
 @pytest.mark.fleet
