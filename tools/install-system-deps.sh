@@ -6,6 +6,7 @@ set -euo pipefail
 # command -> Debian package
 declare -A WANT=(
   [docker-registry]=docker-registry
+  [rpm]=rpm
   [rpmbuild]=rpm
   [rpmsign]=rpm
   [gpg]=gnupg
@@ -14,6 +15,7 @@ declare -A WANT=(
   [unsquashfs]=squashfs-tools
   [createrepo_c]=createrepo-c
   [systemd-nspawn]=systemd-container
+  [machinectl]=systemd-container
   [systemd-analyze]=systemd
   [debootstrap]=debootstrap
   [htpasswd]=apache2-utils
@@ -24,6 +26,8 @@ declare -A WANT=(
   [zstd]=zstd
   [gcc]=gcc
   [ldd]=libc-bin
+  [readelf]=binutils
+  [openssl]=openssl
   [ssh]=openssh-client
   [ssh-keygen]=openssh-client
   [ip]=iproute2
