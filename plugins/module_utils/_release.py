@@ -100,6 +100,11 @@ def _relative_path(value):
     return bool(value) and not value.startswith("/") and ".." not in parts and "\0" not in value
 
 
+def _reserved(top):
+    """Whether TOP, a name at the top of a release directory, is one the node keeps its records under."""
+    return top == RELEASE_FILE or top.startswith(".")
+
+
 def _below(path, directory):
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
@@ -260,6 +265,8 @@ def validate_release(data, source="(given)", mount_point_prefixes=None):
         name = check.string(item, "name", f"{field}.name", _NAME_RE, " (lower-case letters, digits, '.', '_', '-')")
         if name in names:
             check.add(f"{field}.name", f"{name!r} is used by another artifact; names must be unique")
+        if name and _reserved(name):
+            check.add(f"{field}.name", f"{name!r} is reserved for the release's own record; choose another name")
         names.add(name)
         reference = check.string(item, "reference", f"{field}.reference")
         digest = None
@@ -303,6 +310,10 @@ def validate_release(data, source="(given)", mount_point_prefixes=None):
             value = check.string(item, key, f"{field}.{key}")
             if value is not None and not _relative_path(value):
                 check.add(f"{field}.{key}", f"{value!r} must be a relative path inside the release, without '..'")
+            elif key == "dest" and value is not None and _reserved(value.split("/")[0]):
+                check.add(f"{field}.dest", f"{value!r} would overwrite the node's own records of the release ({RELEASE_FILE} "
+                                           "and names starting with '.' at its top are reserved); write it below an "
+                                           "artifact's directory or under another name")
             entry[key] = value
         if entry.get("source") and entry["source"].split("/")[0] not in names:
             check.add(f"{field}.source", f"{entry['source']!r} must start with the name of an artifact ({', '.join(sorted(n for n in names if n))})")
@@ -314,8 +325,8 @@ def validate_release(data, source="(given)", mount_point_prefixes=None):
             check.add(f"{field}.vars", "must be a mapping of variable names (letters, digits, '_') to values")
             variables = {}
         for key, value in variables.items():
-            # A whole number such as a port keeps its spelling; 1.10 (read as 1.1) and yes (read as True) do not.
-            if isinstance(value, (bool, float)):
+            # What YAML read is no longer what was written: 010 is 8, 0x1F is 31, 1.10 is 1.1, yes is True.
+            if not isinstance(value, str):
                 check.add(f"{field}.vars.{key}", _not_a_string(value))
         entry["vars"] = {k: str(v) for k, v in variables.items()}
         mode = item.get("mode", "0644")

@@ -27,6 +27,7 @@ import platform
 import re
 import shutil
 import socket
+import stat
 import string
 import subprocess
 import time
@@ -59,6 +60,7 @@ DEFAULT_STATE_ROOT = "/var/lib/sciops-fleet"
 DEFAULT_FACTS_DIR = "/etc/ansible/facts.d"
 DEFAULT_CACHE_DIR = "/var/cache/sciops-fleet"
 HISTORY_LIMIT = 100
+LOCK_WAIT = 300.0  # seconds a change waits for another one of the same application on this node
 FILES_RECORD = ".sciops-files.json"
 MOUNTS_RECORD = ".sciops-mounts.json"
 # Per application: the mount point links this node made; it replaces no other path.
@@ -158,12 +160,28 @@ class AppState:
             atomic_write(self.fact_path, data, mode=0o644)
 
     @contextlib.contextmanager
-    def lock(self):
-        """Hold the application's lock: one change at a time (a timer run and a manual run do not interleave)."""
+    def lock(self, wait=LOCK_WAIT, sleep=time.sleep):
+        """Hold the application's lock: one change at a time (a timer run and a manual run do not interleave).
+
+        Waits at most WAIT seconds, then fails naming the process that holds it: a step that hangs while holding
+        the lock must not stop every later step on this node without a word."""
         os.makedirs(self.releases_dir, exist_ok=True)
         fd = os.open(os.path.join(self.app_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                        raise OciError(f"{self.app} is being changed on this node by {holder}; waited {wait:g} s for "
+                                       f"its lock ({os.path.join(self.app_dir, '.lock')}); try again when it is "
+                                       "done, or end that process if it hangs") from None
+                    sleep(0.2)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()} since {now()}".encode(), 0)
             yield
         finally:
             os.close(fd)
@@ -388,10 +406,13 @@ def verify_release_dir(state, name):
         if "link" in entry:
             if not os.path.islink(path) or os.readlink(path) != entry["link"]:
                 return None, f"{relative} is not the link the files record names"
+        elif "type" in entry:
+            if not _special_matches(path, entry):
+                return None, f"{relative} is not the {entry['type']} the files record names"
         elif os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) != entry.get("size"):
             return None, f"{relative} is missing or has another size than its files record says"
     for relative, entry in sorted(files.items()):  # sizes first: a short file fails without being read
-        if "link" not in entry and digest_file(os.path.join(root, relative))[0] != entry.get("digest"):
+        if "link" not in entry and "type" not in entry and digest_file(os.path.join(root, relative))[0] != entry.get("digest"):
             return None, f"{relative} does not have the digest its files record names"
     return dict(release, digest=digest), None
 
@@ -525,6 +546,24 @@ def _render(text, variables, where):
         raise OciError(f"{where}: {exc}; write a literal $ as $$") from None
 
 
+def _special_kind(mode):
+    """What a file that is neither regular nor a link is, for the files record."""
+    for test, kind in ((stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "char device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def _special_matches(path, entry):
+    """Whether PATH is still the special file ENTRY records (checked without opening it)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return not stat.S_ISREG(info.st_mode) and not stat.S_ISLNK(info.st_mode) and _special_kind(info.st_mode) == entry["type"]
+
+
 def _record_files(root, known=None):
     """Digest, size and mode of every file below ROOT (for drift checks), each file flushed to disk.
 
@@ -537,8 +576,12 @@ def _record_files(root, known=None):
         for name in sorted(names):
             path = os.path.join(base, name)
             relative = os.path.relpath(path, root)
-            if os.path.islink(path):
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
                 files[relative] = {"link": os.readlink(path)}
+                continue
+            if not stat.S_ISREG(info.st_mode):  # a fifo or device of an unpacked tree: opening it could block
+                files[relative] = {"type": _special_kind(info.st_mode), "mode": "%04o" % (info.st_mode & 0o7777)}
                 continue
             if relative in known:
                 files[relative] = dict(known[relative], mode="%04o" % (os.stat(path).st_mode & 0o7777))
@@ -604,6 +647,19 @@ def install_release(state, release, digest, registry_options, cache_dir=None, co
     return outcome
 
 
+def _no_link_on_the_way(staging, relative, what):
+    """STAGING/RELATIVE, refused when it or a directory on the way is a symbolic link: an image may hold links that
+    lead out of the release (absolute ones are kept in unpacked trees), and a config is never read or written
+    through one."""
+    path = staging
+    for part in relative.split("/"):
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            raise OciError(f"{what}: {os.path.relpath(path, staging)} in the release is a symbolic link; a config is "
+                           "never read or written through a link: give a path inside a real directory of the release")
+    return path
+
+
 def _build_release(state, release, digest, registry_options, staging, final, cache_dir, config_vars, outcome):
     """Fill STAGING with the release's artifacts, configs, release.json and files record; the RPM packages."""
     cache = BlobCache(cache_dir) if cache_dir else None
@@ -639,20 +695,23 @@ def _build_release(state, release, digest, registry_options, staging, final, cac
     variables = {"application": release["application"], "version": release["version"],
                  "release_dir": final, "current_dir": os.path.join(state.app_dir, "current")}
     for config in release["configs"]:
-        source = os.path.join(staging, config["source"])
         where = f"config {config['dest']} of {release['application']} {release['version']}"
+        source = _no_link_on_the_way(staging, config["source"], f"{where}: its template")
         try:
             with open(source, encoding="utf-8") as handle:
                 text = handle.read()
         except OSError as exc:
             raise OciError(f"{where}: cannot read its template {config['source']}: {exc.strerror}") from None
         merged = {**variables, **config["vars"], **(config_vars or {})}
-        dest = os.path.join(staging, config["dest"])
+        dest = _no_link_on_the_way(staging, config["dest"], where)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         atomic_write(dest, _render(text, merged, where).encode("utf-8"), mode=int(config["mode"], 8))
     atomic_write(os.path.join(staging, RELEASE_FILE), (json.dumps(release, indent=2, sort_keys=True) + "\n").encode())
     if mounts:
         atomic_write(os.path.join(staging, MOUNTS_RECORD), (json.dumps(mounts, indent=2, sort_keys=True) + "\n").encode())
+    else:  # only the node writes its mounts record
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(staging, MOUNTS_RECORD))
     files = _record_files(staging, placed)
     atomic_write(os.path.join(staging, FILES_RECORD), json.dumps({"digest": digest, "files": files}, sort_keys=True).encode())
     if packages:
@@ -725,12 +784,37 @@ def _place_image(staging, final, artifact, files, where):
              "where": where_final, "type": fs_type, "options": options}]
 
 
+_UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+\.mount$")
+
+
 def _read_mounts(release_dir):
+    """The mounts the node recorded for the release in RELEASE_DIR. Each entry must be one the node itself writes
+    (a unit name systemd-escape gives, the image under .images/, the mount point below the release): the unit's
+    file is written and removed as root, so nothing else may steer it."""
     try:
         with open(os.path.join(release_dir, MOUNTS_RECORD), encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
+            mounts = json.load(handle)
+    except FileNotFoundError:
         return []
+    except (OSError, ValueError) as exc:
+        raise OciError(f"the mounts record {os.path.join(release_dir, MOUNTS_RECORD)} cannot be read ({exc})") from None
+    problem = None if isinstance(mounts, list) else "it is not a list"
+    for mount in mounts if problem is None else []:
+        fields = ("name", "unit", "what", "where", "type", "options")
+        if not isinstance(mount, dict) or not all(isinstance(mount.get(k), str) for k in fields) or \
+                any(c in mount[k] for k in fields for c in "\n\r\0"):
+            problem = f"entry {mount!r} is not a mount the node writes"
+        elif not _UNIT_NAME_RE.match(mount["unit"]) or "/" in mount["unit"]:
+            problem = f"unit {mount['unit']!r} is not a mount unit name"
+        elif os.path.dirname(mount["what"]) != os.path.join(release_dir, IMAGES_DIR) or \
+                os.path.dirname(mount["where"]) != release_dir or mount["type"] not in ("squashfs", "fuse.squashfuse"):
+            problem = f"mount {mount['name']!r} does not mount an image of this release inside it"
+        if problem:
+            break
+    if problem:
+        raise OciError(f"the mounts record {os.path.join(release_dir, MOUNTS_RECORD)} is not this node's own: {problem}; "
+                       "nothing of it is mounted or removed")
+    return mounts
 
 
 def activate_images(state, release, release_dir, check_mode=False):
@@ -830,7 +914,10 @@ def _save_mount_links(state, links):
 
 def deactivate_images(release_dir):
     """Stop, disable and remove the mount units of the release in RELEASE_DIR (before it is removed)."""
-    mounts = _read_mounts(release_dir)
+    try:
+        mounts = _read_mounts(release_dir)
+    except OciError:
+        mounts = []  # a record that is not the node's own names no unit of the node's to remove
     for mount in mounts:
         subprocess.run(["systemctl", "disable", "--now", mount["unit"]], capture_output=True, check=False)
         with contextlib.suppress(FileNotFoundError):
@@ -1279,6 +1366,10 @@ def drift(state, name):
         seen.add(relative)
         if "link" in entry:
             if not os.path.islink(path) or os.readlink(path) != entry["link"]:
+                (missing if not os.path.lexists(path) else changed).append(relative)
+            continue
+        if "type" in entry:
+            if not _special_matches(path, entry):
                 (missing if not os.path.lexists(path) else changed).append(relative)
             continue
         if not os.path.isfile(path) or os.path.islink(path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import re
 import shlex
 import tarfile
 
@@ -124,10 +123,39 @@ def test_a_hostile_tarball_fails_the_install_naming_the_member_and_changes_nothi
         assert fleet.ssh(node, "cat /root/sciops-hostile-f").stdout == "secret\n"
         assert fleet.ssh(node, f"readlink {APP_DIR}/current").stdout.strip() == f"releases/{good_release}", node
         assert fleet.ssh(node, f"test -f {APP_DIR}/current/app/good").returncode == 0
-        # No release directory of the hostile release, and no member of it anywhere under releases/: at most a
-        # staging tree holding the downloaded archive itself.
+        # No release directory of the hostile release, no staging tree, and no member of it anywhere under releases/.
         entries = fleet.ssh(node, f"cd {APP_DIR}/releases && find . -mindepth 1 -not -path {shlex.quote('./' + good_release + '*')}").stdout.split()
-        assert not [e for e in entries if not re.fullmatch(r"\./\.6\.6\.\d+-[0-9a-f]{12}\.staging(/app(/[a-z_]+\.tar\.gz)?)?", e)], entries
+        assert entries == [], entries
         record = json.loads(fleet.ssh(node, f"cat /etc/ansible/facts.d/sciops_fleet_{APP}.fact").stdout)
         assert record["current"]["digest"] != hostile["release_id"]
         assert all(entry["digest"] != hostile["release_id"] for entry in record["releases"].values())
+
+
+def test_a_config_is_never_written_or_read_through_a_link_of_an_unpacked_image(
+        registry, fleet, ansible, run_module, tmp_path, good_release):
+    # An unpacked image keeps its absolute links (a root file system needs them); a config's dest or source
+    # through such a link would write into, or read from, the node itself.
+    image = _tarball(tmp_path, "image", [("hostdir", "symlink", "/tmp"), ("secret", "symlink", "/etc/shadow"),
+                                         ("tmpl", "file", "pwned\n", 0o644)])
+    pushed = run_module("oras_push", target=f"{registry.host}/build/{APP}:7.0.0", files=[{"path": str(image)}],
+                        plain_http=True)
+    assert not pushed.get("failed"), pushed
+    for version, config, link in (("7.0.0", {"source": "app/tmpl", "dest": "app/hostdir/sciops-hostile.conf"}, "app/hostdir"),
+                                  ("7.0.1", {"source": "app/secret", "dest": "leaked.conf"}, "app/secret")):
+        release = {
+            "schema_version": 1, "application": APP, "version": version, "protocol": "1", "role": "server",
+            "artifacts": [{"name": "app", "reference": f"{registry.host}/build/{APP}@{pushed['digest']}", "install": "unpack"}],
+            "configs": [config],
+        }
+        published = run_module("release_publish", release=release, repository=f"{registry.host}/releases/{APP}",
+                               channels=[], plain_http=True)
+        assert not published.get("failed"), published
+        run = _on_fleet(ansible, fleet, "release_install", {"release": published["reference"], "plain_http": True})
+        assert run.rc != 0 and sorted(run.failed) == fleet.names, run
+        for node in fleet.names:
+            message = run.failed[node][0]["msg"]
+            assert f"{link} in the release is a symbolic link" in message, message
+            assert fleet.ssh(node, "test -e /tmp/sciops-hostile.conf", check=False).returncode != 0, node
+            assert fleet.ssh(node, f"readlink {APP_DIR}/current").stdout.strip() == f"releases/{good_release}", node
+            left = fleet.ssh(node, f"cd {APP_DIR}/releases && ls -A | grep -v '^{good_release}$' || true").stdout.split()
+            assert left == [], left

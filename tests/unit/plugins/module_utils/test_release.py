@@ -42,7 +42,7 @@ GOOD = {
     "protocol": "3",
     "role": "server",
     "artifacts": [{"name": "bin", "reference": f"127.0.0.1:5000/build/hello@{DIGEST}", "install": "extract"}],
-    "configs": [{"source": "bin/hello.conf.in", "dest": "etc/hello.conf", "vars": {"port": 7000}, "mode": "0640"}],
+    "configs": [{"source": "bin/hello.conf.in", "dest": "etc/hello.conf", "vars": {"port": "7000"}, "mode": "0640"}],
     "services": ["hello@current.service"],
     "requires": {"arch": ["x86_64"], "os_family": ["Debian"], "disk_mb": 10, "memory_mb": 64, "commands": ["tar"],
                  "kernel": ["squashfs"]},
@@ -75,6 +75,11 @@ BAD = [
     ("protocol as a YAML octal", lambda m: m.update(protocol=8), "protocol: must be a string, not the int 8 that YAML read; quote it"),
     ("role as a YAML boolean", lambda m: m.update(role=True), "role: must be a string, not the bool True that YAML read; quote it"),
     ("health name as a number", lambda m: m["health"][0].update(name=7), "health[0].name: must be a string, not the int 7"),
+    ("config var as a YAML integer", lambda m: m["configs"][0]["vars"].update(port=8), "configs[0].vars.port: must be a string, not the int 8"),
+    ("config over the node's mounts record", lambda m: m["configs"][0].update(dest=".sciops-mounts.json"),
+     "configs[0].dest: '.sciops-mounts.json' would overwrite the node's own records"),
+    ("config over release.json", lambda m: m["configs"][0].update(dest="release.json"), "configs[0].dest: 'release.json' would overwrite"),
+    ("config under .images", lambda m: m["configs"][0].update(dest=".images/x.squashfs"), "configs[0].dest: '.images/x.squashfs' would overwrite"),
     ("config var as a YAML float", lambda m: m["configs"][0]["vars"].update(ratio=1.1), "configs[0].vars.ratio: must be a string, not the float 1.1"),
     ("arch as a number", lambda m: m["requires"].update(arch=[386]), "requires.arch: must be a list of non-empty strings (quote 386"),
     ("mount point in a system directory", lambda m: m["artifacts"][0].update(install="unpack", mount_point="/lib64"),
@@ -611,3 +616,59 @@ def test_a_repeated_health_verdict_writes_nothing_and_a_verdict_needs_its_slot(t
         record_health(state, _digest(1), True, [], slot="oldstable")
     state.set_slot("oldstable", "r2")
     assert record_health(state, _digest(2), True, [], slot="oldstable")
+
+
+def test_a_change_waits_a_bounded_time_for_the_lock_and_names_its_holder(tmp_path):
+    import fcntl  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
+    with state.lock():
+        pass
+    lock_path = os.path.join(state.app_dir, ".lock")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({lock_path!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.ftruncate(fd, 0); os.pwrite(fd, b'process 4242 since then', 0)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OciError, match=r"hello is being changed on this node by process 4242 since then; waited 0.3 s"):
+            with state.lock(wait=0.3):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with state.lock(wait=0.3):  # free again once its holder is gone
+        fd = os.open(lock_path, os.O_RDONLY)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+
+
+def test_a_mounts_record_the_node_did_not_write_is_neither_mounted_nor_used_to_remove_files(tmp_path, monkeypatch):
+    from ansible_collections.sciops.fleet.plugins.module_utils import _release_node  # pylint: disable=import-outside-toplevel
+    release_dir = tmp_path / "releases" / "1.0-abc"
+    release_dir.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    units = tmp_path / "units"
+    units.mkdir()
+    monkeypatch.setattr(_release_node, "UNIT_DIR", str(units))
+    calls = []
+    monkeypatch.setattr(_release_node.subprocess, "run", lambda argv, **kw: calls.append(argv))
+    hostile = [{"name": "env", "unit": os.path.relpath(str(victim), str(units)), "what": str(release_dir / ".images" / "env.squashfs"),
+                "where": str(release_dir / "env"), "type": "squashfs", "options": "ro"},
+               {"name": "env", "unit": "x.mount", "what": "/etc/shadow", "where": str(release_dir / "env"),
+                "type": "squashfs", "options": "ro"},
+               {"name": "env", "unit": "x.mount", "what": str(release_dir / ".images" / "env.squashfs"),
+                "where": str(release_dir / "env"), "type": "squashfs", "options": "ro\nExecStart=/bin/sh"}]
+    for entry in hostile:
+        (release_dir / ".sciops-mounts.json").write_text(json.dumps([entry]))
+        with pytest.raises(OciError, match="is not this node's own"):
+            _release_node._read_mounts(str(release_dir))  # pylint: disable=protected-access
+        _release_node.deactivate_images(str(release_dir))
+        assert victim.read_text() == "keep\n"
+    assert not calls
