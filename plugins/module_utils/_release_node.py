@@ -1164,7 +1164,14 @@ def _prune(state, record, keep, protect, pending, outcome):
     """Remove what _prune_plan names (under the lock), noting it in OUTCOME."""
     for victim in _prune_plan(state, record, keep, protect, pending):
         deactivate_images(state.release_path(victim))
-        shutil.rmtree(state.release_path(victim), ignore_errors=True)
+        # Renamed out of the way first: a kill during the removal leaves a tree reconcile() removes, never a recorded
+        # release with files missing.
+        doomed = os.path.join(state.releases_dir, f".{victim}.staging")
+        shutil.rmtree(doomed, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(state.release_path(victim), doomed)
+            fsync_dir(state.releases_dir)
+        shutil.rmtree(doomed, ignore_errors=True)
         record["releases"].pop(victim, None)
         outcome["pruned"].append(victim)
     if outcome["pruned"]:
