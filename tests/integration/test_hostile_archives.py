@@ -89,6 +89,14 @@ def _on_fleet(ansible, fleet, module, args):
     return run
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _leave_the_fleet_clean(fleet):
+    """The fleet is shared by the whole session: nothing of this application is left on it afterwards."""
+    yield
+    for node in fleet.names:
+        fleet.ssh(node, f"rm -rf {APP_DIR} /etc/ansible/facts.d/sciops_fleet_{APP}.fact /root/sciops-hostile-f", check=False)
+
+
 @pytest.fixture
 def good_release(registry, fleet, ansible, run_module, tmp_path):
     """A good release installed and current on every node, and a root-only file /root/sciops-hostile-f."""

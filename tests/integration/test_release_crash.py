@@ -40,6 +40,16 @@ def releases(registry, run_module, tmp_path):
     return {v: dict(_publish(registry, run_module, tmp_path, v, channels=()), version=v) for v in ("1.0.0", "2.0.0", "3.0.0", "4.0.0")}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _leave_the_fleet_clean(fleet):
+    """The fleet is shared by the whole session: every test here leaves no release, record or fault file behind,
+    whether it passes or fails, so that later files start from nodes that never saw this application."""
+    yield
+    _reset(fleet, fleet.names)
+    for name in fleet.names:
+        fleet.ssh(name, f"rm -f {FAULT_INTERPRETER} /usr/local/lib/sciops-fault.py", check=False)
+
+
 def _install_fault_interpreter(fleet):
     with open(FAULT_PY, encoding="utf-8") as handle:
         source = handle.read()
