@@ -104,8 +104,7 @@ def _run_rollout(ansible, inventory, release, **extra):
     return ansible(inventory, playbook=PLAYBOOK, extravars=extravars, envvars={"ANSIBLE_TIMEOUT": "5"})
 
 
-def test_two_rollouts_at_once_one_proceeds_the_other_fails_naming_the_holder(registry, fleet, ansible, run_module,
-                                                                              tmp_path, clean_app):
+def test_two_rollouts_at_once_one_proceeds_the_other_fails_naming_the_holder(registry, fleet, ansible, run_module, tmp_path, clean_app):
     v1 = _publish(registry, run_module, tmp_path, "1.0.0")
     v2 = _publish(registry, run_module, tmp_path, "2.0.0")
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
@@ -130,8 +129,7 @@ def test_two_rollouts_at_once_one_proceeds_the_other_fails_naming_the_holder(reg
     assert _run_rollout(ansible, fleet.inventory_path, v1["reference"] if won is v2 else v2["reference"]).rc == 0
 
 
-def test_a_lock_left_by_a_killed_rollout_does_not_block_the_next_one(registry, fleet, ansible, run_module, tmp_path,
-                                                                      clean_app):
+def test_a_lock_left_by_a_killed_rollout_does_not_block_the_next_one(registry, fleet, ansible, run_module, tmp_path, clean_app):
     v1 = _publish(registry, run_module, tmp_path, "1.0.0")
     lock = tmp_path / "locks" / f"{APP}.lock"
     command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", fleet.inventory_path, PLAYBOOK,
@@ -159,8 +157,7 @@ def test_a_lock_left_by_a_killed_rollout_does_not_block_the_next_one(registry, f
     assert not lock.exists()
 
 
-def test_a_node_whose_switch_result_is_lost_is_reverted_to_the_release_before(registry, fleet, ansible, run_module,
-                                                                              tmp_path, clean_app, hooks):
+def test_a_node_whose_switch_result_is_lost_is_reverted_to_the_release_before(registry, fleet, ansible, run_module, tmp_path, clean_app, hooks):
     v1 = _publish(registry, run_module, tmp_path, "1.0.0")
     assert _rollout(ansible, fleet, registry, v1["reference"], batches=(100,)).rc == 0
     v2 = _publish(registry, run_module, tmp_path, "2.0.0")
@@ -179,8 +176,7 @@ def test_a_node_whose_switch_result_is_lost_is_reverted_to_the_release_before(re
             assert _working(fleet, name) == "greeter 2.0.0"
 
 
-def test_status_says_record_damaged_and_flags_a_wrong_clock(registry, fleet, ansible, run_module, tmp_path, clean_app,
-                                                            hooks):
+def test_status_says_record_damaged_and_flags_a_wrong_clock(registry, fleet, ansible, run_module, tmp_path, clean_app, hooks):
     v1 = _publish(registry, run_module, tmp_path, "1.0.0")
     assert _rollout(ansible, fleet, registry, v1["reference"], batches=(100,)).rc == 0
     damaged, skewed = fleet.names[0], fleet.names[2]
@@ -235,8 +231,7 @@ def test_exit_code_of_every_outcome(registry, fleet, ansible, run_module, tmp_pa
     assert _summary(refused)["outcome"] == "stopped: preflight", refused  # the summary is printed on this path too
 
 
-def test_a_stop_at_preflight_names_a_frozen_node_of_the_batch_and_does_not_hang(registry, fleet, ansible, run_module,
-                                                                              tmp_path, clean_app):
+def test_a_stop_at_preflight_names_a_frozen_node_of_the_batch_and_does_not_hang(registry, fleet, ansible, run_module, tmp_path, clean_app):
     v1 = _publish(registry, run_module, tmp_path, "1.0.0")
     assert _rollout(ansible, fleet, registry, v1["reference"], batches=(100,)).rc == 0
     impossible = _publish_needing(registry, run_module, tmp_path, "2.0.0", {"commands": ["no-such-command-anywhere"]})
@@ -263,8 +258,7 @@ def test_a_stop_at_preflight_names_a_frozen_node_of_the_batch_and_does_not_hang(
 
 
 @pytest.mark.parametrize("batches", ["1,100%", " 1 , 100% "])
-def test_batches_given_as_a_string_run_in_those_batches(registry, fleet, ansible, run_module, tmp_path, clean_app,
-                                                        batches):
+def test_batches_given_as_a_string_run_in_those_batches(registry, fleet, ansible, run_module, tmp_path, clean_app, batches):
     v1 = _publish(registry, run_module, tmp_path, "1.0.0")
     run = _run_rollout(ansible, fleet.inventory_path, v1["reference"], rollout_batches=batches)
     assert run.rc == 0, run
