@@ -108,6 +108,8 @@ def ansible(tmp_path):
             "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(private, "cp"),
             "ANSIBLE_TIMEOUT": "10",
             "ANSIBLE_NOCOLOR": "1",
+            # The test's own lock directory: runs of other tests on this machine never hold its locks.
+            "SCIOPS_FLEET_LOCK_DIR": str(tmp_path / "locks"),
         }
         env.update(envvars or {})
         cmdline = "--check --diff" if check else None

@@ -9,7 +9,7 @@ module: release_health
 short_description: Run a release's health checks on a node and record the verdict
 version_added: 0.1.0
 description:
-  - Runs the health checks of the release a slot points to (or of a given release); a command, a TCP connection or an
+  - Runs the health checks of the release a slot points to; a command, a TCP connection or an
     HTTP request, each with its timeout and retries, as declared in the release manifest. C(${address}) in a check is
     replaced with O(address), C(${current_dir}) with the application's C(current) link.
   - Records the verdict in the node's record; the release is C(good) or C(failed). A failed release does not count as
@@ -35,12 +35,15 @@ options:
     type: str
     required: true
   slot:
-    description: Check the release this slot points to. Ignored when O(release) is given.
+    description: Check the release this slot points to.
     type: str
     choices: [current, oldstable]
     default: current
   release:
-    description: Check this installed release instead, by id.
+    description:
+      - The release the caller means to check, by id (C(sha256:...)) or by a reference pinned by digest.
+      - When given, the module fails, naming both releases, unless O(slot) points to this release, so that a check
+        never passes for a release another run switched to meanwhile. The rollout always names it.
     type: str
   address:
     description: The node's service address, for C(${address}) in the checks.
@@ -61,6 +64,7 @@ EXAMPLES = r"""
 - name: Check the new release where it serves
   sciops.fleet.release_health:
     application: qserv
+    release: sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b
     address: "{{ ansible_host }}"
   register: health
 
@@ -124,14 +128,16 @@ def main():
         state = AppState(params["application"], params["state_root"], params["facts_dir"])
         # A damaged or missing record is rebuilt only when this run records a verdict; else it is read as it is.
         record, repairs = reconcile(state, check_mode=module.check_mode or not params["record"])
+        name = state.slot_target(params["slot"])
+        digest = (record["releases"].get(name) or {}).get("digest")
         if params["release"]:
-            digest = release_digest(params["release"])
-            name = state.name_for(record, digest)
-        else:
-            name = state.slot_target(params["slot"])
-            digest = (record["releases"].get(name) or {}).get("digest")
+            wanted = release_digest(params["release"])
+            if digest != wanted:
+                raise OciError(f"{params['slot']} of {params['application']} on this node is {name or 'not set'}"
+                               f"{f' ({digest})' if digest else ''}, not the release to check ({wanted}): another run"
+                               " may have switched it; check which run changes this application")
         if not name or not state.is_installed(name):
-            raise OciError(f"{params['application']} has no installed release in {params['release'] or params['slot']} on this node")
+            raise OciError(f"{params['application']} has no installed release in {params['slot']} on this node")
         with open(os.path.join(state.release_path(name), RELEASE_FILE), encoding="utf-8") as handle:
             release = json.load(handle)
         variables = {"address": params["address"], "current_dir": os.path.join(state.app_dir, "current"),

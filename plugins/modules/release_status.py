@@ -12,6 +12,9 @@ description:
   - Reports, for an application on this node, the release C(current) and C(oldstable) point to (version, release id,
     protocol, health verdict, since when), every installed release, and the drift of the current release, its files
     on disk compared with the digests recorded when it was installed (changed, missing and added files).
+  - A record that cannot be read does not fail the module; it answers with RV(record_error) and, in RV(status), only
+    what the slot links say, so that a report can tell a damaged record from an unreachable node.
+  - Says the node's clock in RV(time), so that a report can flag a node whose clock is off.
   - The playbook C(sciops.fleet.status) collects this from every node into a version matrix.
   - Runs on managed nodes with the Python standard library only.
 extends_documentation_fragment:
@@ -58,25 +61,47 @@ status:
     installed: [{name: 1.4.0-6c3c624b58db, version: 1.4.0, status: good}]
     drift: {changed: [], missing: [], added: []}
     packages: [{name: qserv, wanted: 1.4.0-2, installed: 1.4.0-2, label: qserv-1.4.0-2}]
+record_error:
+  description:
+    - Why the application's record on this node cannot be read, or null. When set, C(status) holds only the names the
+      slot links point to.
+  returned: success
+  type: str
+  sample: null
+time:
+  description: The node's clock when it answered, in seconds since the epoch (UTC).
+  returned: success
+  type: float
+  sample: 1795318800.25
 """
+
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec
-from ansible_collections.sciops.fleet.plugins.module_utils._release_node import AppState, application_status
+from ansible_collections.sciops.fleet.plugins.module_utils._release_node import SLOTS, AppState, RecordDamaged, application_status
 
 
 def main():
     module = AnsibleModule(argument_spec=node_argument_spec(application={"type": "str", "required": True}),
                            supports_check_mode=True)
     params = module.params
+    state = AppState(params["application"], params["state_root"], params["facts_dir"])
+    record_error = None
     try:
-        status = application_status(AppState(params["application"], params["state_root"], params["facts_dir"]))
+        status = application_status(state)
+    except RecordDamaged as exc:
+        record_error = str(exc)
+        status = {"application": state.app, "installed": [], "drift": None, "packages": []}
+        for slot in SLOTS:
+            name = state.slot_target(slot)
+            status[slot] = {"name": name, "working": state.is_installed(name)} if name else None
     except OciError as exc:
         fail_from(module, exc)
-    module.exit_json(changed=False, status=status)
+    module.exit_json(changed=False, status=status, record_error=record_error, time=time.time())
 
 
 if __name__ == "__main__":

@@ -238,7 +238,8 @@ def test_killing_the_rollout_at_any_point_leaves_every_node_working(registry, fl
                "-e", json.dumps({"rollout_release": v2["reference"], "rollout_plain_http": True, "rollout_batches": [2, 100]})]
     for delay in (2.0, 4.0, 6.0, 8.0):
         with open(tmp_path / f"killed-{delay}.log", "wb") as log:
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # pylint: disable=consider-using-with
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # pylint: disable=consider-using-with
+                                    env=dict(os.environ, SCIOPS_FLEET_LOCK_DIR=str(tmp_path / "locks")))
             time.sleep(delay)
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
