@@ -14,6 +14,7 @@ releases the lock or an operator releases it with ``force``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import getpass
 import json
@@ -84,6 +85,8 @@ def is_stale(holder):
         return False
     if holder.get("boot_id") != _read("/proc/sys/kernel/random/boot_id"):
         return True
+    if not isinstance(holder.get("pid"), int) or holder["pid"] <= 0 or not isinstance(holder.get("pid_start_ticks"), int):
+        return True  # names no process of this controller: nothing can ever give it up
     return _start_ticks(holder.get("pid")) != holder.get("pid_start_ticks")
 
 
@@ -107,35 +110,62 @@ class FleetLock:
         self.guard_path = os.path.join(self.directory, f"{safe}.guard")
 
     def _ensure_dir(self):
-        if os.path.isdir(self.directory):
-            return
         try:
             os.makedirs(self.directory, exist_ok=True)
-            if self.directory == DEFAULT_LOCK_DIR:  # shared by every operator of this controller, as /tmp is
-                os.chmod(self.directory, 0o1777)
+            if self.directory == DEFAULT_LOCK_DIR and os.stat(self.directory).st_uid == os.geteuid():
+                os.chmod(self.directory, 0o1777)  # shared by every operator of this controller, as /tmp is
         except OSError as exc:
             raise LockError(f"cannot create the lock directory {self.directory}: {exc}; set the lock directory "
                             f"(rollout_lock_dir, or {LOCK_DIR_ENV}) to a directory every operator can write") from None
+        if os.path.islink(self.directory) or not os.path.isdir(self.directory):
+            raise LockError(f"the lock directory {self.directory} is a symbolic link or not a directory; a lock is "
+                            "never taken through a link: remove it, or set another lock directory")
+
+    def _open(self, path, flags, what):
+        """PATH opened without following a link (a link planted in the shared directory is never written through);
+        a file this run creates can be used by every operator (the lock passes from user to user)."""
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            hint = ("it is a symbolic link, which no run follows: remove it" if exc.errno == errno.ELOOP else
+                    f"every operator needs access to {self.directory}")
+            raise LockError(f"cannot open the {what} {path}: {exc.strerror}; {hint}") from None
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_uid == os.geteuid():
+                os.fchmod(fd, 0o666)
+        return fd
 
     @contextlib.contextmanager
-    def _guard(self):
+    def _guard(self, deadline=None, clock=time.monotonic, sleep=time.sleep):
+        """Hold ``flock`` of the guard file while the lock is read or changed; waits until DEADLINE at most."""
         self._ensure_dir()
+        fd = self._open(self.guard_path, os.O_RDONLY | os.O_CREAT, "guard")  # flock needs no write access
         try:
-            fd = os.open(self.guard_path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise LockError(f"cannot open {self.guard_path}: {exc}; every operator needs write access to "
-                            f"{self.directory}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and clock() >= deadline:
+                        raise LockError(f"{self.name}: the guard {self.guard_path} stays held by another process "
+                                        "(a run that is frozen or stuck); end that process, then try again") from None
+                    sleep(0.1)
             yield
         finally:
             os.close(fd)
 
     def holder(self):
         """The current holder, or None. A lock file that cannot be read as a holder counts as stale."""
-        text = _read(self.path)
-        if text is None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
             return None
+        except OSError:
+            return {"purpose": "a lock file that cannot be read (a link?)", "controller": socket.gethostname()}
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+            text = handle.read().strip()
+        if not text:
+            return None  # given up
         try:
             holder = json.loads(text)
         except ValueError:
@@ -143,18 +173,21 @@ class FleetLock:
         return holder if isinstance(holder, dict) else {"purpose": "an unreadable lock file", "controller": socket.gethostname()}
 
     def _write(self, holder):
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(holder, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        """Write HOLDER (or nothing: given up) into the lock file in place, under the guard: a file in a shared
+        sticky directory cannot be replaced by another operator, but it can be rewritten."""
+        data = (json.dumps(holder, indent=2, sort_keys=True) + "\n").encode() if holder else b""
+        fd = self._open(self.path, os.O_RDWR | os.O_CREAT, "lock")
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
-    def try_acquire(self, me, check_mode=False):
+    def try_acquire(self, me, check_mode=False, deadline=None):
         """Take the lock for ME (see process_holder). Returns (changed, stale holder taken over or None); raises
         LockError naming the holder when another live run holds it."""
-        with self._guard():
+        with self._guard(deadline):
             holder = self.holder()
             if holder and _same_run(holder, me):
                 return False, None
@@ -172,7 +205,7 @@ class FleetLock:
         deadline = clock() + max(wait, 0)
         while True:
             try:
-                return self.try_acquire(me, check_mode)
+                return self.try_acquire(me, check_mode, deadline)
             except LockError as exc:
                 if exc.holder is None or clock() >= deadline:
                     raise
@@ -188,7 +221,7 @@ class FleetLock:
                 raise LockError(f"{self.name} is not this run's lock: it is held by {describe(holder)}; "
                                 "release it with force=true only when that run is gone", holder)
             try:
-                os.unlink(self.path)
+                self._write(None)
             except OSError as exc:
-                raise LockError(f"cannot remove the lock {self.path}: {exc}") from None
+                raise LockError(f"cannot give up the lock {self.path}: {exc}") from None
             return True, holder

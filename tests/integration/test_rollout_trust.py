@@ -129,6 +129,11 @@ def test_two_rollouts_at_once_one_proceeds_the_other_fails_naming_the_holder(reg
     assert _run_rollout(ansible, fleet.inventory_path, v1["reference"] if won is v2 else v2["reference"]).rc == 0
 
 
+def _held(lock):
+    """Whether the lock file names a holder (a lock given up is an empty file, rewritten in place)."""
+    return lock.exists() and lock.read_text().strip() != ""
+
+
 def test_a_lock_left_by_a_killed_rollout_does_not_block_the_next_one(registry, fleet, ansible, run_module, tmp_path, clean_app):
     v1 = _publish(registry, run_module, tmp_path, "1.0.0")
     lock = tmp_path / "locks" / f"{APP}.lock"
@@ -138,9 +143,9 @@ def test_a_lock_left_by_a_killed_rollout_does_not_block_the_next_one(registry, f
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # pylint: disable=consider-using-with
                                 env=dict(os.environ, SCIOPS_FLEET_LOCK_DIR=str(tmp_path / "locks")))
         deadline = time.monotonic() + 120
-        while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while not _held(lock) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert lock.exists(), (tmp_path / "killed.log").read_text()
+        assert _held(lock), (tmp_path / "killed.log").read_text()
         holder = json.loads(lock.read_text())
         assert holder["pid"] == proc.pid and v1["reference"] in holder["purpose"], holder
         os.kill(proc.pid, signal.SIGKILL)  # the ansible-playbook process, by its pid
@@ -148,13 +153,13 @@ def test_a_lock_left_by_a_killed_rollout_does_not_block_the_next_one(registry, f
         time.sleep(1)
         with contextlib.suppress(ProcessLookupError):  # and what it left running
             os.killpg(proc.pid, signal.SIGKILL)
-    assert lock.exists()  # nobody gave it up
+    assert _held(lock)  # nobody gave it up
     time.sleep(1)
     run = _run_rollout(ansible, fleet.inventory_path, v1["reference"])
     assert run.rc == 0, run
     assert "took over the lock of greeter left by rollout of" in run.stdout, run
     assert set(_versions(fleet).values()) == {"1.0.0"}
-    assert not lock.exists()
+    assert not _held(lock)
 
 
 def test_a_node_whose_switch_result_is_lost_is_reverted_to_the_release_before(registry, fleet, ansible, run_module, tmp_path, clean_app, hooks):
