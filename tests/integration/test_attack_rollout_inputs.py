@@ -27,4 +27,3 @@ def test_a_batch_of_zero_nodes_is_refused_not_run_as_every_node_at_once(registry
     # Observed: rc 0 and "batch 1: <every node>" - one batch of all nodes.
     assert f"batch 1: {', '.join(fleet.names)} " not in run.stdout, run.stdout[-3000:]
     assert run.rc == 2 and "rollout_batches must be a list of batch sizes" in run.stdout, run
-
