@@ -5,41 +5,17 @@ and by an unlucky operator (a kill while old releases are pruned). Each test sta
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import tarfile
 
 import pytest
+
+from test_hostile_archives import _tarball
 
 pytestmark = [pytest.mark.fleet, pytest.mark.registry]
 
 APP = "attack"
 APP_DIR = f"/var/lib/sciops-fleet/{APP}"
 FACT = f"/etc/ansible/facts.d/sciops_fleet_{APP}.fact"
-
-
-def _tar(tmp_path, label, members):
-    """A gzip tarball of MEMBERS: (name, kind, value[, mode]) with kind file, dir, symlink or fifo."""
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed, tarfile.open(fileobj=compressed, mode="w") as tar:
-        for entry in members:
-            name, kind, value = entry[:3]
-            info = tarfile.TarInfo(name)
-            info.mode, info.mtime = entry[3] if len(entry) > 3 else 0o755, 0
-            body = None
-            if kind == "file":
-                info.size, body = len(value), io.BytesIO(value.encode())
-            elif kind == "dir":
-                info.type = tarfile.DIRTYPE
-            elif kind == "symlink":
-                info.type, info.linkname = tarfile.SYMTYPE, value
-            elif kind == "fifo":
-                info.type = tarfile.FIFOTYPE
-            tar.addfile(info, body)
-    path = tmp_path / f"{label}.tar.gz"
-    path.write_bytes(buffer.getvalue())
-    return path
 
 
 def _push(registry, run_module, tag, path):
@@ -106,7 +82,7 @@ def test_a_config_is_never_written_through_an_absolute_link_of_an_unpacked_image
     """An environment image (install: unpack, a tar archive) is extracted with the tree policy, which keeps absolute
     link targets. A config dest through such a link (img/hostdir -> /tmp) is then written on the node's own file
     system, outside the release."""
-    image = _tar(tmp_path, "image", [("VERSION", "file", "1\n", 0o644), ("hostdir", "symlink", "/tmp")])
+    image = _tarball(tmp_path, "image", [("VERSION", "file", "1\n", 0o644), ("hostdir", "symlink", "/tmp")])
     template = tmp_path / "t.in"
     template.write_text("pwned by a release\n")
     release = _release("1.0.0", [
@@ -124,7 +100,7 @@ def test_a_config_source_is_never_read_through_an_absolute_link_of_an_unpacked_i
         registry, fleet, ansible, run_module, tmp_path, node):
     """The same link the other way: a config source img/secret -> /etc/shadow copies the node's shadow file into
     the release (0644 by default: readable by every user of the node)."""
-    image = _tar(tmp_path, "image2", [("VERSION", "file", "2\n", 0o644), ("secret", "symlink", "/etc/shadow")])
+    image = _tarball(tmp_path, "image2", [("VERSION", "file", "2\n", 0o644), ("secret", "symlink", "/etc/shadow")])
     release = _release("2.0.0", [
         {"name": "img", "reference": _push(registry, run_module, "img2", image), "install": "unpack"}],
         [{"source": "img/secret", "dest": "leak.txt"}])
@@ -141,7 +117,7 @@ def test_a_fifo_in_an_unpacked_image_fails_the_install_and_does_not_hang_it(
     """The tree policy keeps fifos; the files record then opens every file of the release to fsync and hash it, and
     opening a fifo blocks for ever, holding the application's lock (every later run on the node waits on it too).
     The module runs under `timeout 120` here so that the test ends; a bounded answer is what must hold."""
-    image = _tar(tmp_path, "fifo", [("VERSION", "file", "3\n", 0o644), ("pipe", "fifo", "", 0o644)])
+    image = _tarball(tmp_path, "fifo", [("VERSION", "file", "3\n", 0o644), ("pipe", "fifo", "", 0o644)])
     release = _release("3.0.0", [{"name": "img", "reference": _push(registry, run_module, "fifo", image),
                                   "install": "unpack"}])
     published = _publish(registry, run_module, release)
@@ -188,7 +164,7 @@ def test_a_kill_while_an_old_release_is_pruned_leaves_no_recorded_release_with_m
     members = [("bin", "dir", "")] + [(f"bin/f{n}", "file", f"{n}\n", 0o755) for n in range(6)] + [("good", "file", "ok\n")]
     releases = {}
     for version in ("1.0.0", "2.0.0"):
-        reference = _push(registry, run_module, f"prune-{version}", _tar(tmp_path, f"prune-{version}", members + [
+        reference = _push(registry, run_module, f"prune-{version}", _tarball(tmp_path, f"prune-{version}", members + [
             ("VERSION", "file", version + "\n", 0o644)]))
         published = _publish(registry, run_module, _release(version, [{"name": "app", "reference": reference,
                                                                        "install": "extract"}]))
