@@ -9,7 +9,7 @@ import time
 
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fleet_lock import FleetLock, LockError, describe, process_holder
+from ansible_collections.sciops.fleet.plugins.module_utils._release.fleet_lock import FleetLock, LockError, describe, process_holder
 
 ARGUMENT_SPEC = {
     "name": {"type": "str", "required": True},

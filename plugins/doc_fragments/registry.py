@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Registry connection options (declared once in module_utils/_oras_module.py)."""
+    """Registry connection options (declared once in module_utils/_oras/module.py)."""
 
     DOCUMENTATION = r"""
 options:

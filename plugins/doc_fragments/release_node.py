@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Where a node keeps its releases and their record (declared once in module_utils/_release_module.py)."""
+    """Where a node keeps its releases and their record (declared once in module_utils/_release/module.py)."""
 
     DOCUMENTATION = r"""
 options:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm_version import RpmVersionError, evr_compare, rpm_version
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.version import RpmVersionError, evr_compare, rpm_version
 
 
 def rpm_vercmp(left, right):

@@ -210,7 +210,7 @@ seconds:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._env_build import EnvBuildError, RecipeError, build, export_meta
+from ansible_collections.sciops.fleet.plugins.module_utils._env.build import EnvBuildError, RecipeError, build, export_meta
 
 ARGUMENT_SPEC = {
     "recipe": {"type": "path", "required": True},

@@ -304,9 +304,9 @@ journal:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._nspawn import ARGUMENT_SPEC, Machine
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd_manager import Systemd
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd_unit import UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn import ARGUMENT_SPEC, Machine
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import Systemd
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError
 
 
 def main():

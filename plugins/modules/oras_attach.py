@@ -184,15 +184,15 @@ transfer:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import Descriptor
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import describe_file
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import Descriptor
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import describe_file
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
     fail_from,
     open_reference,
     registry_argument_spec,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_referrers import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.referrers import (
     annotation_strings,
     attach,
     referrers_mechanism,

@@ -202,11 +202,11 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_layout import LayoutStore
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import parse_reference
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_copy import ArtifactCopy, copy_artifact
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.copy import ArtifactCopy, copy_artifact
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
     fail_from,
     open_reference,
     registry_argument_spec,

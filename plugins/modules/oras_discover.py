@@ -164,13 +164,13 @@ transfer:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
     fail_from,
     open_reference,
     registry_argument_spec,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_referrers import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.referrers import (
     DEFAULT_MAX_CONTENT_SIZE,
     discover,
     referrers_mechanism,

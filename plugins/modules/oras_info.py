@@ -160,9 +160,9 @@ transfer:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import NotFoundError, OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_info import describe_reference
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import NotFoundError, OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.info import describe_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
     fail_from,
     open_reference,
     registry_argument_spec,

@@ -183,13 +183,13 @@ transfer:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import (
     describe_directory,
     describe_file,
     push_artifact,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
     fail_from,
     open_reference,
     registry_argument_spec,

@@ -105,11 +105,11 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import fail_from
-from ansible_collections.sciops.fleet.plugins.module_utils._release import RELEASE_FILE
-from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec, release_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._release_node import AppState, reconcile, record_health, run_health_checks
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import fail_from
+from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import RELEASE_FILE
+from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec, release_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._release.node import AppState, reconcile, record_health, run_health_checks
 
 
 def main():

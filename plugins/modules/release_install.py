@@ -137,10 +137,10 @@ record_rebuilt:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import fail_from, registry_options
-from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec
-from ansible_collections.sciops.fleet.plugins.module_utils._release_node import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import fail_from, registry_options
+from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._release.node import (
     DEFAULT_CACHE_DIR,
     AppState,
     fetch_release,

@@ -103,11 +103,11 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import registry_options
-from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec, release_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._release import RELEASE_FILE
-from ansible_collections.sciops.fleet.plugins.module_utils._release_node import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import registry_options
+from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec, release_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import RELEASE_FILE
+from ansible_collections.sciops.fleet.plugins.module_utils._release.node import (
     FILES_RECORD, SLOTS, AppState, artifact_sizes, fetch_release, preflight, running_release)
 
 

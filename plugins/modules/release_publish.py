@@ -130,18 +130,18 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import DocumentError, read_document
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import NotFoundError, OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import describe_file, push_artifact
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import (
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import DocumentError, read_document
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import NotFoundError, OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import describe_file, push_artifact
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
     fail_from,
     open_reference,
     registry_argument_spec,
     registry_options,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import open_store
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import parse_reference
-from ansible_collections.sciops.fleet.plugins.module_utils._release import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import open_store
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import (
     DEFAULT_MOUNT_POINT_PREFIXES,
     RELEASE_ARTIFACT_TYPE,
     RELEASE_FILE,

@@ -209,10 +209,10 @@ record_rebuilt:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_module import fail_from
-from ansible_collections.sciops.fleet.plugins.module_utils._release_module import node_argument_spec, release_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._release_node import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import fail_from
+from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec, release_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._release.node import (
     AppState,
     choose_release,
     reconcile,

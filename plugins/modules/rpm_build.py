@@ -190,8 +190,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm_build import RpmBuildError, build_packages
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm_spec import SpecError, validate_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.build import RpmBuildError, build_packages
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.spec import SpecError, validate_spec
 
 
 def main():

@@ -96,7 +96,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm_build import RpmBuildError, list_packages, primary_packages, repo_state
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.build import RpmBuildError, list_packages, primary_packages, repo_state
 
 
 def main():

@@ -386,13 +386,13 @@ journal:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._service_unit import (
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.service import (
     ARGUMENT_SPEC,
     MUTUALLY_EXCLUSIVE,
     ServiceUnit,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd_manager import Systemd
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd_unit import UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import Systemd
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError
 
 
 def main():

@@ -17,10 +17,10 @@ import re
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import RegistryClient
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import AuthError, NotFoundError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_bytes, digest_file, referrers_tag
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import RegistryClient
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import AuthError, NotFoundError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes, digest_file, referrers_tag
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     EMPTY_JSON,
     OCI_INDEX,
     OCI_MANIFEST,

@@ -16,8 +16,8 @@ import tarfile
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import RegistryClient
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import EMPTY_JSON
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import RegistryClient
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import EMPTY_JSON
 
 pytestmark = [pytest.mark.registry,
               pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is installed by make system-deps")]

@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils import _fleet_lock
-from ansible_collections.sciops.fleet.plugins.module_utils._fleet_lock import FleetLock, LockError, process_holder
+from ansible_collections.sciops.fleet.plugins.module_utils._release import fleet_lock as _fleet_lock
+from ansible_collections.sciops.fleet.plugins.module_utils._release.fleet_lock import FleetLock, LockError, process_holder
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switches to other local users")
 
@@ -159,7 +159,7 @@ def test_wait_bounds_the_time_a_second_run_waits(tmp_path):
     fd = os.open(lock.guard_path, os.O_RDWR | os.O_CREAT, 0o666)
     fcntl.flock(fd, fcntl.LOCK_EX)
     code = ("import os, sys; sys.path[:0] = %r\n"
-            "from ansible_collections.sciops.fleet.plugins.module_utils._fleet_lock import FleetLock, LockError, process_holder\n"
+            "from ansible_collections.sciops.fleet.plugins.module_utils._release.fleet_lock import FleetLock, LockError, process_holder\n"
             "try:\n  FleetLock('qserv', %r).acquire(process_holder(os.getpid(), 'second'), wait=1)\n"
             "except LockError as exc:\n  print(exc)\n") % (sys.path, str(tmp_path))
     started = time.monotonic()

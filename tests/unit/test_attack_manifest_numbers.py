@@ -6,8 +6,8 @@ port = 8. Issue 12 item 1: refuse a number where text is wanted, naming the fiel
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import read_document
-from ansible_collections.sciops.fleet.plugins.module_utils._release import ReleaseError, validate_release
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import read_document
+from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import ReleaseError, validate_release
 
 pytest.importorskip("yaml")
 

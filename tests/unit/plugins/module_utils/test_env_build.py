@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._env_build import (
+from ansible_collections.sciops.fleet.plugins.module_utils._env.build import (
     EnvBuildError,
     RecipeError,
     env_json,

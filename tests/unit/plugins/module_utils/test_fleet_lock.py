@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fleet_lock import FleetLock, LockError, process_holder
+from ansible_collections.sciops.fleet.plugins.module_utils._release.fleet_lock import FleetLock, LockError, process_holder
 
 
 def _dead_pid():

@@ -8,7 +8,7 @@ import builtins
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import DocumentError, read_document
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import DocumentError, read_document
 
 
 def test_json_and_yaml_documents_are_read(tmp_path):

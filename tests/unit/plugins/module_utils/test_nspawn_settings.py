@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._nspawn import (
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn import (
     ARGUMENT_SPEC,
     SETTINGS_HEADER,
     MachineError,

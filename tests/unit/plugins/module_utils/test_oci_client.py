@@ -13,9 +13,9 @@ import subprocess
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import RegistryClient, docker_credentials, open_store
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import BlobCache, RetryPolicy
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import RegistryClient, docker_credentials, open_store
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import BlobCache, RetryPolicy
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     AuthError,
     DigestMismatchError,
     NotFoundError,
@@ -23,9 +23,9 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import (
     TlsError,
     TransferError,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_layout import LayoutStore
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_bytes, digest_file, referrers_tag
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes, digest_file, referrers_tag
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,

@@ -11,8 +11,8 @@ import stat
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import (
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import (
     BlobCache,
     RetryPolicy,
     download_blob,
@@ -21,14 +21,14 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import 
     place_blob,
     safe_destination,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     DigestMismatchError,
     OciError,
     SizeMismatchError,
     TransferError,
     UnsafePathError,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_bytes, digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes, digest_file
 
 # Fixed bytes: a test that damages one byte must really change it, whatever the run.
 DATA = random.Random(20261122).randbytes(200_000)

@@ -10,11 +10,11 @@ import os
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import BlobCache
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import DigestMismatchError, NotFoundError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_layout import LayoutStore
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_bytes, digest_file
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import BlobCache
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import DigestMismatchError, NotFoundError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes, digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     EMPTY_JSON,
     OCI_MANIFEST,
     REF_NAME_ANNOTATION,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import InvalidReferenceError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import InvalidReferenceError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import (
     digest_bytes,
     parse_reference,
     referrers_tag,

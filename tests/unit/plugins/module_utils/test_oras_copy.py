@@ -9,20 +9,20 @@ import os
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import RegistryClient
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_layout import LayoutStore
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_bytes
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import RegistryClient
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
     encode_json,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import describe_file, push_artifact
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_copy import ArtifactCopy, copy_artifact
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_info import describe_reference
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_referrers import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import describe_file, push_artifact
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.copy import ArtifactCopy, copy_artifact
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.info import describe_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.referrers import (
     annotation_strings,
     attach,
     decode_content,

@@ -13,15 +13,15 @@ import tarfile
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file
-from ansible_collections.sciops.fleet.plugins.module_utils._release import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import (
     ReleaseError,
     canonical_json,
     release_dir_name,
     validate_release,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._release_node import (
+from ansible_collections.sciops.fleet.plugins.module_utils._release.node import (
     FILES_RECORD,
     AppState,
     _extract,
@@ -313,7 +313,7 @@ def test_health_checks_retry_then_report(tmp_path):
 
 
 def test_previous_and_versions_name_installed_releases(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import choose_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import choose_release  # pylint: disable=import-outside-toplevel
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     for n in (1, 2, 3):
         _installed(state, f"r{n}", _digest(n), "good", f"2026-01-0{n}T00:00:00Z")
@@ -332,7 +332,7 @@ def test_previous_and_versions_name_installed_releases(tmp_path):
 
 
 def test_environment_images_are_mounted_or_unpacked_at_their_mount_point():
-    from ansible_collections.sciops.fleet.plugins.module_utils._release import ReleaseError, validate_release
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import ReleaseError, validate_release
     digest = "sha256:" + "a" * 64
     base = {"schema_version": 1, "application": "env", "version": "1.0", "protocol": "1"}
     good = validate_release(dict(base, artifacts=[
@@ -349,8 +349,8 @@ def test_environment_images_are_mounted_or_unpacked_at_their_mount_point():
 
 
 def _layout_release(tmp_path, payload):
-    from ansible_collections.sciops.fleet.plugins.module_utils._oci_layout import LayoutStore  # pylint: disable=import-outside-toplevel
-    from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import describe_file, push_artifact  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import describe_file, push_artifact  # pylint: disable=import-outside-toplevel
     source = tmp_path / "in" / "tool.bin"
     source.parent.mkdir(parents=True, exist_ok=True)
     source.write_bytes(payload)
@@ -363,7 +363,7 @@ def _layout_release(tmp_path, payload):
 
 
 def test_install_links_files_from_the_cache_and_records_their_verified_digest(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import drift, install_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import drift, install_release  # pylint: disable=import-outside-toplevel
     payload = bytes(range(256)) * 4096
     release = _layout_release(tmp_path, payload)
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
@@ -389,7 +389,7 @@ def test_install_links_files_from_the_cache_and_records_their_verified_digest(tm
 
 
 def test_a_node_running_the_release_healthy_is_found_from_its_record(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import running_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import running_release  # pylint: disable=import-outside-toplevel
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     _installed(state, "r1", _digest(1), "installed", "2026-01-01T00:00:00Z")
     switch_release(state, _digest(1))
@@ -406,7 +406,7 @@ def test_a_node_running_the_release_healthy_is_found_from_its_record(tmp_path):
 
 
 def test_mount_points_lie_below_the_allowed_prefixes_and_never_in_system_directories():
-    from ansible_collections.sciops.fleet.plugins.module_utils._release import (  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import (  # pylint: disable=import-outside-toplevel
         DEFAULT_MOUNT_POINT_PREFIXES,
         check_mount_point_prefixes,
     )
@@ -442,8 +442,8 @@ def test_mount_points_lie_below_the_allowed_prefixes_and_never_in_system_directo
 
 
 def test_a_release_larger_than_a_node_reads_is_refused():
-    from ansible_collections.sciops.fleet.plugins.module_utils._release import MAX_RELEASE_SIZE, release_document  # pylint: disable=import-outside-toplevel
-    from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import MAX_MANIFEST_SIZE  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import MAX_RELEASE_SIZE, release_document  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import MAX_MANIFEST_SIZE  # pylint: disable=import-outside-toplevel
     assert MAX_RELEASE_SIZE == MAX_MANIFEST_SIZE == 4 * 1024 * 1024
     release = validate_release(dict(copy.deepcopy(GOOD), description="x" * MAX_RELEASE_SIZE))
     with pytest.raises(ReleaseError, match=r"release.json would be 419\d+ bytes \(4.0 MiB\), more than the 4194304 bytes \(4 MiB\) a node reads"):
@@ -468,7 +468,7 @@ def test_a_release_larger_than_a_node_reads_is_refused():
     ("{", "not JSON"),
 ])
 def test_a_record_of_the_wrong_shape_is_reported_damaged_not_a_crash(tmp_path, text, reason):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import RecordDamaged  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import RecordDamaged  # pylint: disable=import-outside-toplevel
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     os.makedirs(state.facts_dir)
     with open(state.fact_path, "w", encoding="utf-8") as handle:
@@ -479,7 +479,7 @@ def test_a_record_of_the_wrong_shape_is_reported_damaged_not_a_crash(tmp_path, t
 
 
 def test_an_installed_but_unrecorded_release_is_adopted_and_an_incomplete_one_installed_again(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import install_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import install_release  # pylint: disable=import-outside-toplevel
     release = _layout_release(tmp_path, b"tool bytes\n" * 1000)
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     first = install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))
@@ -509,7 +509,7 @@ def test_an_installed_but_unrecorded_release_is_adopted_and_an_incomplete_one_in
 
 
 def test_a_failed_install_leaves_no_staging_tree(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import install_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import install_release  # pylint: disable=import-outside-toplevel
     release = _layout_release(tmp_path, b"x" * 100)
     release["configs"] = [{"source": "bin/missing.in", "dest": "etc/x.conf", "vars": {}, "mode": "0644"}]
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
@@ -519,7 +519,7 @@ def test_a_failed_install_leaves_no_staging_tree(tmp_path):
 
 
 def test_a_damaged_or_missing_record_is_rebuilt_from_the_disk_and_kept_aside(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import install_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import install_release  # pylint: disable=import-outside-toplevel
     release = _layout_release(tmp_path, b"payload\n")
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     installed = install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))
@@ -563,8 +563,8 @@ def test_a_switch_killed_before_its_record_was_saved_is_repaired_by_a_rerun(tmp_
 
 
 def test_order_is_the_records_own_not_the_clocks(tmp_path, monkeypatch):
-    from ansible_collections.sciops.fleet.plugins.module_utils import _release_node  # pylint: disable=import-outside-toplevel
-    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import choose_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release import node as _release_node  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import choose_release  # pylint: disable=import-outside-toplevel
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     for n in range(1, 5):
         _installed(state, f"r{n}", _digest(n), "good")
@@ -599,7 +599,7 @@ def test_a_legacy_record_without_sequence_numbers_is_ordered_by_its_history(tmp_
 
 
 def test_a_repeated_health_verdict_writes_nothing_and_a_verdict_needs_its_slot(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release_node import record_health  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import record_health  # pylint: disable=import-outside-toplevel
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     for n in (1, 2):
         _installed(state, f"r{n}", _digest(n))
@@ -649,7 +649,7 @@ def test_a_change_waits_a_bounded_time_for_the_lock_and_names_its_holder(tmp_pat
 
 
 def test_a_mounts_record_the_node_did_not_write_is_neither_mounted_nor_used_to_remove_files(tmp_path, monkeypatch):
-    from ansible_collections.sciops.fleet.plugins.module_utils import _release_node  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release import node as _release_node  # pylint: disable=import-outside-toplevel
     release_dir = tmp_path / "releases" / "1.0-abc"
     release_dir.mkdir(parents=True)
     victim = tmp_path / "victim"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm_spec import SpecError, pattern_regex, plan_packages, validate_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.spec import SpecError, pattern_regex, plan_packages, validate_spec
 
 BASE = {"name": "app", "version": "1.0", "summary": "An app", "license": "MIT", "prefix": "/opt/app"}
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm_version import (
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.version import (
     RpmVersionError,
     check_version,
     evr_compare,

@@ -14,7 +14,7 @@ import tarfile
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._safe_extract import ArchiveError, extract_tar
+from ansible_collections.sciops.fleet.plugins.module_utils._common.archive import ArchiveError, extract_tar
 
 
 def member(name, kind="file", data=b"", target="", mode=0o644):

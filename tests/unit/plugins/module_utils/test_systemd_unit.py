@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._service_unit import desired_text, parse_mode, unit_names
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd_unit import (
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.service import desired_text, parse_mode, unit_names
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import (
     HARDENING_COMMENT,
     MANAGED_HEADER,
     UnitError,

@@ -15,15 +15,15 @@ import os
 import shutil
 import tempfile
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd_manager import (
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
     RestartRecord,
     security_report,
     start_and_check,
     unit_digest,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd_unit import (
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import (
     MANAGED_HEADER,
     UnitError,
     UnitName,

@@ -15,8 +15,8 @@ import json
 import os
 import time
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd_unit import (
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import (
     UnitError,
     parse_exposure,
     parse_show,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import InvalidReferenceError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import InvalidReferenceError
 
 LAYOUT_PREFIX = "oci-layout:"
 

@@ -14,21 +14,21 @@ from __future__ import annotations
 import json
 import os
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, locked
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import place_blob
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import (
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, locked
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import place_blob
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     DigestMismatchError,
     NotFoundError,
     OciError,
     SizeMismatchError,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import (
     digest_bytes,
     is_digest,
     split_digest,
     validate_tag,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     INDEX_MEDIA_TYPES,
     MAX_MANIFEST_SIZE,
     OCI_INDEX,

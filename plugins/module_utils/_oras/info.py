@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     INDEX_MEDIA_TYPES,
     manifest_children,
     parse_manifest,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_referrers import decode_content
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.referrers import decode_content
 
 # A config larger than this is described, not read.
 MAX_CONFIG_SIZE = 1024 * 1024

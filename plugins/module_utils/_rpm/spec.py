@@ -44,8 +44,8 @@ import re
 import stat
 import time
 
-from ansible_collections.sciops.fleet.plugins.module_utils._release import _Checker
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm_version import RpmVersionError, check_release, check_version
+from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import _Checker
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.version import RpmVersionError, check_release, check_version
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 _ARCH_RE = re.compile(r"^[a-z0-9_]{1,20}$")

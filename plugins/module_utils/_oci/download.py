@@ -21,21 +21,21 @@ import socket
 import threading
 import time
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import (
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import (
     commit_file,
     create_temp,
     fsync_dir,
     link_unsupported,
     remove_quietly,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     DigestMismatchError,
     OciError,
     SizeMismatchError,
     TransferError,
     UnsafePathError,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import (
     digest_file,
     format_digest,
     new_hasher,

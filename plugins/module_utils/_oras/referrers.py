@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_layout import LayoutStore
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import is_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import is_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     OCI_MANIFEST,
     manifest_children,
     parse_manifest,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import push_artifact
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import push_artifact
 
 DEFAULT_MAX_CONTENT_SIZE = 1024 * 1024
 # Referrers of referrers (a signature of an SBOM of an image) are followed this deep, no deeper.

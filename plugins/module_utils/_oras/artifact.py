@@ -18,7 +18,7 @@ import shutil
 import stat
 import tempfile
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import (
     FILE_MODE_ANNOTATION,
     file_matches,
     format_file_mode,
@@ -26,11 +26,11 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import 
     parse_file_mode,
     safe_destination,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir
-from ansible_collections.sciops.fleet.plugins.module_utils._nspawn import tree_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import NotFoundError, OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_bytes, digest_file
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn import tree_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import NotFoundError, OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes, digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     EMPTY_JSON,
     INDEX_MEDIA_TYPES,
     OCI_EMPTY,
@@ -40,7 +40,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
     build_manifest,
     parse_manifest,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._safe_extract import extract_tar
+from ansible_collections.sciops.fleet.plugins.module_utils._common.archive import extract_tar
 
 DEFAULT_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 # OCI image spec 1.1: a manifest with the empty config MUST carry an artifactType; this is what the ORAS CLI writes.

@@ -22,12 +22,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import (
     RetryPolicy,
     download_blob,
     network_error,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     AuthError,
     DigestMismatchError,
     NotFoundError,
@@ -36,8 +36,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import (
     TlsError,
     TransferError,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_layout import LayoutStore
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import (
     HOST_RE,
     digest_bytes,
     is_digest,
@@ -45,7 +45,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import
     referrers_tag,
     split_digest,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import (
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     MANIFEST_MEDIA_TYPES,
     MAX_MANIFEST_SIZE,
     OCI_INDEX,

@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import open_store
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import open_store
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import parse_reference
 
 # Documented in plugins/doc_fragments/registry.py; validate-modules checks the two agree.
 REGISTRY_ARGUMENT_SPEC = {

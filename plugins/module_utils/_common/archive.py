@@ -34,7 +34,7 @@ import subprocess
 import tarfile
 import zlib
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -16,9 +16,9 @@ import shlex
 import shutil
 import tempfile
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import fsync_dir, link_unsupported
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm_spec import package_changelog, plan_packages, render_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import fsync_dir, link_unsupported
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.spec import package_changelog, plan_packages, render_spec
 
 COMPRESSION_DEFAULT_LEVEL = {"zstd": 3, "xz": 6, "gzip": 6, "none": 0}
 # rpm's payload I/O names; 'T0' lets zstd and xz use a thread per CPU.

@@ -41,9 +41,9 @@ import json
 import posixpath
 import re
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import parse_reference
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import MAX_MANIFEST_SIZE
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import MAX_MANIFEST_SIZE
 
 SCHEMA_VERSION = 1
 RELEASE_ARTIFACT_TYPE = "application/vnd.sciops.fleet.release.v1+json"

@@ -35,16 +35,16 @@ import urllib.error
 
 from ansible.module_utils.urls import open_url
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir, fsync_file
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_client import open_store
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_download import BlobCache
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file, is_digest, parse_reference
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import Descriptor
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import load_manifest, pull_artifact
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd_unit import UnitError
-from ansible_collections.sciops.fleet.plugins.module_utils._nspawn import detect_format, extract_image
-from ansible_collections.sciops.fleet.plugins.module_utils._release import (
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir, fsync_file
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import open_store
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import BlobCache
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_file, is_digest, parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import Descriptor
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import load_manifest, pull_artifact
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn import detect_format, extract_image
+from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import (
     ARCHIVE_SUFFIXES,
     IMAGE_KINDS,
     RELEASE_FILE,
@@ -53,8 +53,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._release import (
     release_dir_name,
     validate_release,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm_version import evr_compare
-from ansible_collections.sciops.fleet.plugins.module_utils._safe_extract import extract_tar
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.version import evr_compare
+from ansible_collections.sciops.fleet.plugins.module_utils._common.archive import extract_tar
 
 DEFAULT_STATE_ROOT = "/var/lib/sciops-fleet"
 DEFAULT_FACTS_DIR = "/etc/ansible/facts.d"

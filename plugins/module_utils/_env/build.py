@@ -46,7 +46,7 @@ import tarfile
 import tempfile
 import time
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import (
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import (
     DocumentError,
     atomic_write,
     fsync_dir,
@@ -54,8 +54,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import (
     link_unsupported,
     read_document,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import digest_file
-from ansible_collections.sciops.fleet.plugins.module_utils._release import _NAME_RE, _VERSION_RE, _Checker
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import _NAME_RE, _VERSION_RE, _Checker
 
 SCHEMA_VERSION = 1
 BACKENDS = ("tree", "venv", "spack")

@@ -22,12 +22,12 @@ import os
 import shutil
 import tempfile
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import NotFoundError, OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_layout import LayoutStore
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_reference import split_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_store import manifest_children, parse_manifest
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_artifact import current_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._oras_referrers import referrer_graph
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import NotFoundError, OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import split_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import manifest_children, parse_manifest
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import current_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.referrers import referrer_graph
 
 COUNT_KEYS = ("blobs_copied", "blobs_mounted", "blobs_present", "bytes_copied", "manifests_copied")
 

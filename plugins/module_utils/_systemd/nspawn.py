@@ -20,14 +20,14 @@ import stat
 import tempfile
 import time
 
-from ansible_collections.sciops.fleet.plugins.module_utils._fsutil import atomic_write, fsync_dir
-from ansible_collections.sciops.fleet.plugins.module_utils._oci_errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._safe_extract import extract_tar
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd_manager import (
+from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._common.archive import extract_tar
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
     start_and_check,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd_unit import UnitError, render_sections
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError, render_sections
 
 SETTINGS_HEADER = "# Managed by sciops.fleet.nspawn_container; local changes are overwritten on the next run."
 SETTINGS_ORDER = ("Exec", "Files", "Network")
