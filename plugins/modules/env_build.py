@@ -210,7 +210,9 @@ seconds:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._env.build import EnvBuildError, RecipeError, build, export_meta
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
+from ansible_collections.sciops.fleet.plugins.module_utils._env.build import build, export_meta
 
 ARGUMENT_SPEC = {
     "recipe": {"type": "path", "required": True},
@@ -236,8 +238,8 @@ def main():
                        force=params["force"], check_mode=module.check_mode)
         if params["export_meta"] and not module.check_mode:
             result["exported"] = export_meta(result["path"], result["format"], params["export_meta"])
-    except (RecipeError, EnvBuildError) as exc:
-        module.fail_json(msg=str(exc), recipe=params["recipe"], dest=params["dest"])
+    except FleetError as exc:
+        fail_from(module, exc, recipe=params["recipe"], dest=params["dest"])
     before = result.pop("before_sha256", None)
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = {"before": {"sha256": before if result["changed"] else result["sha256"]},

@@ -304,6 +304,7 @@ journal:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn import ARGUMENT_SPEC, Machine
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import Systemd
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError
@@ -325,7 +326,7 @@ def main():
         result = Machine(systemd, run, module.get_bin_path, module.params, check_mode=module.check_mode,
                          diff=module._diff).apply()  # pylint: disable=protected-access
     except UnitError as exc:
-        module.fail_json(msg=str(exc), name=module.params["name"], **exc.details)
+        fail_from(module, exc, name=module.params["name"])
     module.exit_json(**result)
 
 

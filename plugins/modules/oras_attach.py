@@ -184,14 +184,12 @@ transfer:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import Descriptor
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import describe_file
-from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
-    fail_from,
-    open_reference,
-    registry_argument_spec,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import open_reference, registry_argument_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.referrers import (
     annotation_strings,
     attach,
@@ -228,7 +226,7 @@ def main():
         outcome = attach(store, reference.repository, Descriptor(subject.media_type, subject.digest, subject.size), files,
                          params["artifact_type"], annotations=annotation_strings(params["annotations"]),
                          check_mode=module.check_mode)
-    except OciError as exc:
+    except FleetError as exc:
         fail_from(module, exc)
     result = {
         "changed": outcome["changed"],

@@ -202,16 +202,17 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import parse_reference
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.copy import ArtifactCopy, copy_artifact
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
-    fail_from,
     open_reference,
     registry_argument_spec,
     split_target,
 )
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 
 
 def destination_store(params, reference, source_reference, source_store, check_mode, scratch):
@@ -233,7 +234,7 @@ def destination_tags(destination, extra_tags, source_reference):
     head, more = split_target(destination, extra_tags)
     try:
         reference = parse_reference(head)
-    except OciError as exc:
+    except FleetError as exc:
         raise OciError(f"destination: {exc}") from None
     tags = ([reference.tag] if reference.tag else []) + [t for t in more if t != reference.tag]
     if not tags and not reference.digest and source_reference.tag:
@@ -266,7 +267,7 @@ def main():
                               temp_dir=params["temp_dir"])
         outcome = copy_artifact(copier, source_reference.ref, tags, recursive=params["recursive"],
                                 check_mode=module.check_mode, expected_digest=reference.digest)
-    except OciError as exc:
+    except FleetError as exc:
         fail_from(module, exc)
     finally:
         for path in scratch:

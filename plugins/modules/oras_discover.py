@@ -164,12 +164,10 @@ transfer:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
-    fail_from,
-    open_reference,
-    registry_argument_spec,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import open_reference, registry_argument_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.referrers import (
     DEFAULT_MAX_CONTENT_SIZE,
     discover,
@@ -198,7 +196,7 @@ def main():
         referrers = discover(store, reference.repository, subject.digest, artifact_type=params["artifact_type"],
                              annotations=params["annotations"], fetch_content=params["fetch_content"],
                              max_content_size=params["max_content_size"])
-    except OciError as exc:
+    except FleetError as exc:
         fail_from(module, exc)
     module.exit_json(
         changed=False,

@@ -160,13 +160,11 @@ transfer:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import NotFoundError, OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.info import describe_reference
-from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
-    fail_from,
-    open_reference,
-    registry_argument_spec,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import open_reference, registry_argument_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 
 
 def main():
@@ -196,7 +194,7 @@ def main():
                               reference=f"{reference.name}@{digest}")
         if params["list_tags"]:
             result["tags"] = store.list_tags(reference.repository)
-    except OciError as exc:
+    except FleetError as exc:
         fail_from(module, exc)
     result["transfer"] = dict(store.stats)
     module.exit_json(**result)

@@ -148,15 +148,13 @@ transfer:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import BlobCache
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import split_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import pull_artifact
-from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
-    fail_from,
-    open_reference,
-    registry_argument_spec,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import open_reference, registry_argument_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 
 
 def main():
@@ -176,7 +174,7 @@ def main():
         if params["expected_digest"]:
             try:
                 split_digest(params["expected_digest"])
-            except OciError as exc:
+            except FleetError as exc:
                 raise OciError(f"expected_digest: {exc}") from None
         reference, store = open_reference(params, params["reference"], "reference")
         if not reference.ref:
@@ -185,7 +183,7 @@ def main():
         outcome = pull_artifact(store, reference.repository, reference.ref, params["dest"], str(reference),
                                 cache=cache, expected_digest=params["expected_digest"], check_mode=module.check_mode,
                                 unpack=params["unpack"])
-    except OciError as exc:
+    except FleetError as exc:
         fail_from(module, exc, transfer=dict(store.stats) if store else {})
     except OSError as exc:
         module.fail_json(msg=f"cannot write to {params['dest']}: {exc}", error_type="OSError")

@@ -183,6 +183,7 @@ transfer:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import (
     describe_directory,
@@ -190,11 +191,11 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import
     push_artifact,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
-    fail_from,
     open_reference,
     registry_argument_spec,
     split_target,
 )
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 
 
 def main():
@@ -242,7 +243,7 @@ def main():
             config_media_type=params["config_media_type"], artifact_type=params["artifact_type"],
             annotations=params["annotations"], check_mode=module.check_mode,
         )
-    except OciError as exc:
+    except FleetError as exc:
         fail_from(module, exc)
     result = {
         "changed": outcome["changed"],

@@ -105,8 +105,9 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import fail_from
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import RELEASE_FILE
 from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec, release_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._release.node import AppState, reconcile, record_health, run_health_checks
@@ -147,7 +148,7 @@ def main():
         changed = False
         if params["record"] and not module.check_mode:
             changed = record_health(state, digest, healthy, results, slot=params["slot"])
-    except OciError as exc:
+    except FleetError as exc:
         fail_from(module, exc)
     except (OSError, ValueError) as exc:
         module.fail_json(msg=f"checking {params['application']} failed: {exc}", error_type=type(exc).__name__)

@@ -137,8 +137,9 @@ record_rebuilt:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import fail_from, registry_options
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import registry_options
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec
 from ansible_collections.sciops.fleet.plugins.module_utils._release.node import (
     DEFAULT_CACHE_DIR,
@@ -165,7 +166,7 @@ def main():
         outcome = install_release(state, release, digest, registry_options(params), cache_dir=params["cache_dir"],
                                   config_vars={k: str(v) for k, v in params["config_vars"].items()},
                                   check_mode=module.check_mode)
-    except OciError as exc:
+    except FleetError as exc:
         fail_from(module, exc)
     except OSError as exc:
         module.fail_json(msg=f"installing {params['release']} failed: {exc}", error_type="OSError")

@@ -103,6 +103,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import registry_options
 from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec, release_digest
@@ -150,7 +151,7 @@ def main():
                          **on_disk(running["application"], params["state_root"], params["facts_dir"]))
     try:
         release, digest, _reference = fetch_release(params["release"], registry_options(params))
-    except OciError as exc:
+    except FleetError as exc:
         module.exit_json(changed=False, ok=False, reasons=[f"the release cannot be read: {exc}"], running=None,
                          current=None, oldstable=None)
     sizes, unreadable = artifact_sizes(release, registry_options(params))

@@ -130,15 +130,16 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import DocumentError, read_document
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import NotFoundError, OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import describe_file, push_artifact
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import (
-    fail_from,
     open_reference,
     registry_argument_spec,
     registry_options,
 )
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import open_store
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import parse_reference
 from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import (
@@ -217,7 +218,7 @@ def main():
                                                  "io.sciops.fleet.application": release["application"],
                                                  "io.sciops.fleet.protocol": release["protocol"]},
                                     check_mode=module.check_mode)
-    except OciError as exc:
+    except FleetError as exc:
         fail_from(module, exc)
     result = {"changed": outcome["changed"], "release_id": outcome["digest"],
               "reference": f"{reference.name}@{outcome['digest']}", "tags": tags, "release": release}

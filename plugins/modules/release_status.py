@@ -79,8 +79,8 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import fail_from
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec
 from ansible_collections.sciops.fleet.plugins.module_utils._release.node import SLOTS, AppState, RecordDamaged, application_status
 
@@ -99,7 +99,7 @@ def main():
         for slot in SLOTS:
             name = state.slot_target(slot)
             status[slot] = {"name": name, "working": state.is_installed(name)} if name else None
-    except OciError as exc:
+    except FleetError as exc:
         fail_from(module, exc)
     module.exit_json(changed=False, status=status, record_error=record_error, time=time.time())
 

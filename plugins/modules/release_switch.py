@@ -209,8 +209,9 @@ record_rebuilt:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import fail_from
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec, release_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._release.node import (
     AppState,
@@ -256,7 +257,7 @@ def main():
             outcome = switch_release(state, digest, params["slot"], params["keep"], protect, params["reason"],
                                      module.check_mode, keep_oldstable=params["keep_oldstable"],
                                      rpm_downgrade=params["rpm_downgrade"], rpm_nodeps=params["rpm_nodeps"])
-    except OciError as exc:
+    except FleetError as exc:
         fail_from(module, exc)
     except OSError as exc:
         module.fail_json(msg=f"switching {params['application']} to {params['release']} failed: {exc}", error_type="OSError")

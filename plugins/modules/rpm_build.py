@@ -190,8 +190,10 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm.build import RpmBuildError, build_packages
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm.spec import SpecError, validate_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.build import build_packages
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.spec import validate_spec
 
 
 def main():
@@ -228,10 +230,8 @@ def main():
         outcome = build_packages(run, spec, params["tree"], params["dest"], params["source_date_epoch"],
                                  params["compression"], params["compression_level"], params["strip"],
                                  params["debuginfo"], params["sign_key"], params["gpg_home"], module.check_mode)
-    except SpecError as exc:
-        module.fail_json(msg=str(exc), problems=exc.problems, error_type="SpecError")
-    except RpmBuildError as exc:
-        module.fail_json(msg=str(exc), error_type="RpmBuildError")
+    except FleetError as exc:
+        fail_from(module, exc)
     except OSError as exc:
         module.fail_json(msg=f"building RPMs from {params['tree']} into {params['dest']} failed: {exc}", error_type="OSError")
     result = {"changed": outcome["changed"], "packages": outcome["packages"],

@@ -96,6 +96,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._rpm.build import RpmBuildError, list_packages, primary_packages, repo_state
 
 
@@ -144,8 +146,8 @@ def main():
                 raise RpmBuildError(f"createrepo_c left out {', '.join(missing)}; are they valid RPMs? (rpm -K FILE)")
         else:
             listed = sorted(set(listed) - set(removed) | set(added))
-    except RpmBuildError as exc:
-        module.fail_json(msg=str(exc), error_type="RpmBuildError")
+    except FleetError as exc:
+        fail_from(module, exc)
     except OSError as exc:
         module.fail_json(msg=f"indexing {path} failed: {exc}", error_type="OSError")
     module.exit_json(changed=changed, packages=listed, added=added, removed=removed, repomd_digest=repo_state(path))

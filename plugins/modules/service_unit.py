@@ -386,6 +386,7 @@ journal:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.service import (
     ARGUMENT_SPEC,
     MUTUALLY_EXCLUSIVE,
@@ -409,7 +410,7 @@ def main():
         result = ServiceUnit(systemd, module.params, check_mode=module.check_mode, diff=module._diff,  # pylint: disable=protected-access
                              warn=module.warn).run()
     except UnitError as exc:
-        module.fail_json(msg=str(exc), name=module.params["name"], **exc.details)
+        fail_from(module, exc, name=module.params["name"])
     module.exit_json(**result)
 
 

@@ -19,7 +19,8 @@ import pytest
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import RegistryClient
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import AuthError, NotFoundError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes, digest_file, referrers_tag
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import referrers_tag
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes, digest_file
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     EMPTY_JSON,
     OCI_INDEX,

@@ -253,7 +253,7 @@ def test_a_refused_connection_says_which_registry(tmp_path, run_module):
 @pytest.mark.parametrize("name", ["../escape.txt", "/etc/escape.txt", "a/../../escape.txt", "link/escape.txt"])
 def test_malicious_file_names_are_refused(registry, tmp_path, run_module, name):
     from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import RegistryClient  # pylint: disable=import-outside-toplevel
-    from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes  # pylint: disable=import-outside-toplevel
     from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (  # pylint: disable=import-outside-toplevel
         Descriptor, build_manifest, OCI_MANIFEST, TITLE_ANNOTATION)
 
@@ -282,7 +282,7 @@ def test_malicious_file_names_are_refused(registry, tmp_path, run_module, name):
 def test_nodes_pull_with_the_standard_library_only(registry, payload, fleet, ansible):
     """oras_pull runs on every node (Debian minimal: python3 and nothing from pip) and lands verified files."""
     pushed_layers = {}
-    from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_file  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file  # pylint: disable=import-outside-toplevel
     for name in ("data.bin", "etc/app.conf", "run.sh"):
         pushed_layers[name] = digest_file(str(payload / name))[0]
     target = f"{registry.host}/build/fleetpull:1.0"

@@ -34,7 +34,7 @@ import subprocess
 import tarfile
 import zlib
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import ArchiveError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -42,28 +42,24 @@ _MAX_LINK_HOPS = 40  # what the kernel allows before ELOOP
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-class ArchiveError(OciError):
-    """A member of an archive was refused: it would land, or lead, outside the destination, or is not allowed."""
-
-    def __init__(self, archive, member, reason):
-        message = (f"archive {archive}: member {member!r} {reason}; the archive is refused and nothing of it "
-                   "is kept: rebuild it without that member")
-        super().__init__(message, archive)
-        self.archive = archive
-        self.member = member
+def _refused(archive, member, reason):
+    """The error for a member of ARCHIVE that was refused: it would land, or lead, outside the destination, or is
+    not allowed."""
+    return ArchiveError(f"archive {archive}: member {member!r} {reason}; the archive is refused and nothing of it "
+                        "is kept: rebuild it without that member", archive, member)
 
 
 def _split(name, archive, member, inside):
     """The components of NAME relative to the root: absolute names and ``..`` above the root are refused."""
     if name.startswith("/"):
-        raise ArchiveError(archive, member, f"has the absolute name {name!r}, outside {inside}")
+        raise _refused(archive, member, f"has the absolute name {name!r}, outside {inside}")
     parts = []
     for part in name.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
             if not parts:
-                raise ArchiveError(archive, member, f"leads with '..' outside {inside}")
+                raise _refused(archive, member, f"leads with '..' outside {inside}")
             parts.pop()
         else:
             parts.append(part)
@@ -114,7 +110,7 @@ class _Extraction:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
                     where = "/".join(parts[:depth + 1])
-                    raise ArchiveError(self.archive, name,
+                    raise _refused(self.archive, name,
                                        f"would be written through {where!r}, which is not a directory "
                                        "(a symbolic link or a file)") from None
                 os.close(fd)
@@ -141,7 +137,7 @@ class _Extraction:
         if wanted == "file" and stat.S_ISREG(info.st_mode):
             os.unlink(leaf, dir_fd=fd)
             return
-        raise ArchiveError(self.archive, member.name, f"would replace the {_kind(info.st_mode)} already at that path")
+        raise _refused(self.archive, member.name, f"would replace the {_kind(info.st_mode)} already at that path")
 
     # -- link targets ------------------------------------------------------------------------
     def lstat_parts(self, parts):
@@ -209,7 +205,7 @@ class _Extraction:
         parts = _split(member.name, self.archive, member.name, self.inside)
         if not parts:
             if not member.isdir():
-                raise ArchiveError(self.archive, member.name, f"names {self.inside} itself and is not a directory")
+                raise _refused(self.archive, member.name, f"names {self.inside} itself and is not a directory")
             return  # the destination's own entry: its metadata is the caller's
         fd = self.open_parent(parts, member.name)
         leaf = parts[-1]
@@ -225,7 +221,7 @@ class _Extraction:
             elif member.ischr() or member.isblk() or member.isfifo():
                 self.add_special(fd, leaf, parts, member)
             else:
-                raise ArchiveError(self.archive, member.name, "is of a type this collection does not extract")
+                raise _refused(self.archive, member.name, "is of a type this collection does not extract")
         finally:
             os.close(fd)
 
@@ -256,7 +252,7 @@ class _Extraction:
         target = _split(member.linkname, self.archive, member.name, self.inside)
         key = "/".join(target)
         if key not in self.regular:
-            raise ArchiveError(self.archive, member.name,
+            raise _refused(self.archive, member.name,
                                f"is a hard link to {member.linkname!r}, which is not a regular file this archive "
                                "placed before it")
         try:
@@ -266,7 +262,7 @@ class _Extraction:
         try:
             info = self.existing(source_fd, target[-1]) if source_fd is not None else None
             if info is None or not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != self.regular[key]:
-                raise ArchiveError(self.archive, member.name,
+                raise _refused(self.archive, member.name,
                                    f"is a hard link to {member.linkname!r}, which is no longer the file this "
                                    "archive placed there")
             self.clear_for(fd, leaf, member, "file")
@@ -281,7 +277,7 @@ class _Extraction:
     def add_symlink(self, fd, leaf, parts, member):
         reason = self.escapes(parts[:-1], member.linkname)
         if reason:
-            raise ArchiveError(self.archive, member.name, reason)
+            raise _refused(self.archive, member.name, reason)
         self.clear_for(fd, leaf, member, "symbolic link")
         os.symlink(member.linkname, leaf, dir_fd=fd)
         self.created.append((parts, False))
@@ -292,9 +288,9 @@ class _Extraction:
 
     def add_special(self, fd, leaf, parts, member):
         if not self.tree:
-            raise ArchiveError(self.archive, member.name, f"is a device node or fifo, which may not be placed in {self.inside}")
+            raise _refused(self.archive, member.name, f"is a device node or fifo, which may not be placed in {self.inside}")
         if not self.privileged and not member.isfifo():
-            raise ArchiveError(self.archive, member.name, "is a device node; only root can create it")
+            raise _refused(self.archive, member.name, "is a device node; only root can create it")
         self.clear_for(fd, leaf, member, "special file")
         kind = stat.S_IFIFO if member.isfifo() else stat.S_IFCHR if member.ischr() else stat.S_IFBLK
         os.mknod(leaf, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=fd)
@@ -315,7 +311,7 @@ class _Extraction:
         for parts, target, name in self.links:
             reason = self.escapes(parts[:-1], target)
             if reason:
-                raise ArchiveError(self.archive, name, reason + " once the archive is extracted")
+                raise _refused(self.archive, name, reason + " once the archive is extracted")
         for parts, member in sorted(self.directories, key=lambda item: -len(item[0])):
             fd = self.open_parent(parts + [""], "/".join(parts), create=False)
             try:
@@ -352,10 +348,10 @@ def _open_archive(path, archive):
         try:
             return tarfile.open(path, "r:*"), None
         except tarfile.TarError as exc:
-            raise OciError(f"archive {archive} cannot be read as a tar archive: {exc}") from None
+            raise ArchiveError(f"archive {archive} cannot be read as a tar archive: {exc}") from None
     program = shutil.which("zstd")
     if not program:
-        raise OciError(f"archive {archive} is compressed with zstd, and this node has no zstd program to read it; "
+        raise ArchiveError(f"archive {archive} is compressed with zstd, and this node has no zstd program to read it; "
                        "install zstd, or compress the archive with gzip or xz")
     process = subprocess.Popen([program, "-dcq", "--", path], stdout=subprocess.PIPE)  # pylint: disable=consider-using-with
     return tarfile.open(fileobj=process.stdout, mode="r|"), process
@@ -380,10 +376,10 @@ def extract_tar(path, dest, tree=False, name=None, inside="the destination"):
                 job.add(tar, member)
                 count += 1
         except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
-            raise OciError(f"archive {archive} is damaged after {count} members: {exc}") from None
+            raise ArchiveError(f"archive {archive} is damaged after {count} members: {exc}") from None
         job.finish()
         if process is not None and process.wait() != 0:
-            raise OciError(f"archive {archive}: zstd could not decompress it (exit code {process.returncode})")
+            raise ArchiveError(f"archive {archive}: zstd could not decompress it (exit code {process.returncode})")
     except BaseException:
         job.remove_created()
         raise

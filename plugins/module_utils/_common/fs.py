@@ -12,6 +12,8 @@ import fcntl
 import json
 import os
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import DocumentError
+
 # New files get the same permissions open() would give them (0666 minus the umask);
 # tempfile.mkstemp would create them 0600, which a renamed-into-place file must not keep.
 _NEW_FILE_MODE = 0o666
@@ -100,14 +102,6 @@ def locked(path, shared=False):
         yield
     finally:
         os.close(fd)
-
-
-class DocumentError(ValueError):
-    """A file that is neither JSON nor YAML. ``needs_yaml`` is true when it is not JSON and PyYAML is missing."""
-
-    def __init__(self, message, needs_yaml=False):
-        super().__init__(message)
-        self.needs_yaml = needs_yaml
 
 
 def read_document(path):

@@ -46,6 +46,8 @@ import tarfile
 import tempfile
 import time
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError, InvalidDocumentError
+
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import (
     DocumentError,
     atomic_write,
@@ -54,8 +56,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import (
     link_unsupported,
     read_document,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_file
-from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import _NAME_RE, _VERSION_RE, _Checker
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes, digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._common.schema import NAME_RE, VERSION_RE, Checker
 
 SCHEMA_VERSION = 1
 BACKENDS = ("tree", "venv", "spack")
@@ -86,15 +88,14 @@ SYSTEM_LIBRARIES = ("ld-linux*.so*", "ld64.so*", "libc.so*", "libm.so*", "libpth
 _ELF_MAGIC = b"\x7fELF"
 
 
-class RecipeError(Exception):
+class RecipeError(InvalidDocumentError):
     """A recipe is not valid; the message lists every problem, one per field."""
 
     def __init__(self, source, problems):
-        self.problems = list(problems)
-        super().__init__(f"recipe {source} is not valid: {'; '.join(self.problems)}")
+        super().__init__(f"recipe {source}", problems)
 
 
-class EnvBuildError(Exception):
+class EnvBuildError(FleetError):
     """A build step failed; the message names the step, the input and what to do."""
 
 
@@ -132,7 +133,7 @@ def _validate_views(check, data, mount):
     views = {}
     for name, view in _mapping(check, data, "views", "views").items():
         field = f"views.{name}"
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.match(name):
             check.add(field, "view names are lower-case letters, digits, '.', '_', '-'")
             continue
         if not isinstance(view, dict):
@@ -166,7 +167,7 @@ def validate_recipe(data, source="(given)", base_dir="."):
     Paths in the recipe are relative to BASE_DIR (the recipe's directory); the canonical form keeps them as
     written, and ``resolved`` paths are added under keys that start with ``_``.
     """
-    check = _Checker()
+    check = Checker()
     if not isinstance(data, dict):
         raise RecipeError(source, [f"the document must be a mapping of fields, not {type(data).__name__}"])
     check.keys(data, _TOP_KEYS, "")
@@ -174,8 +175,8 @@ def validate_recipe(data, source="(given)", base_dir="."):
         check.add("schema_version", f"must be {SCHEMA_VERSION} (this collection reads recipe schema {SCHEMA_VERSION}), "
                   f"not {data.get('schema_version')!r}")
     recipe = {"schema_version": SCHEMA_VERSION}
-    recipe["name"] = check.string(data, "name", "name", _NAME_RE, " (lower-case letters, digits, '.', '_', '-'; at most 63)")
-    recipe["version"] = check.string(data, "version", "version", _VERSION_RE,
+    recipe["name"] = check.string(data, "name", "name", NAME_RE, " (lower-case letters, digits, '.', '_', '-'; at most 63)")
+    recipe["version"] = check.string(data, "version", "version", VERSION_RE,
                                      " (start with a digit; letters, digits, '.', '+', '~', '_', '-'; e.g. 1.4.0 or 2024.1~rc1)")
     recipe["description"] = check.string(data, "description", "description", required=False) or ""
     mount = check.string(data, "mount", "mount")
@@ -233,7 +234,7 @@ def validate_recipe(data, source="(given)", base_dir="."):
             check.add("spack.specs", "is required: at least one spec, e.g. [hdf5@1.14 +mpi]")
         views = {}
         for name, view in (_mapping(check, settings, "views", "spack.views") or {"default": {}}).items():
-            if not isinstance(name, str) or not _NAME_RE.match(name) or not isinstance(view, dict):
+            if not isinstance(name, str) or not NAME_RE.match(name) or not isinstance(view, dict):
                 check.add(f"spack.views.{name}", "must be a view name mapped to its settings (link, exclude, projections, link_type)")
                 continue
             check.keys(view, _SPACK_VIEW_KEYS, f"spack.views.{name}")
@@ -779,8 +780,7 @@ def read_build_record(dest):
 def image_digest(dest, image_format):
     """sha256 of the image file, or of a directory image's manifest (what identifies its content)."""
     if image_format == "directory":
-        with open(os.path.join(dest, MANIFEST_FILE), "rb") as handle:
-            return "sha256:" + hashlib.sha256(handle.read()).hexdigest()
+        return digest_file(os.path.join(dest, MANIFEST_FILE))[0]
     return digest_file(dest)[0]
 
 
@@ -889,7 +889,7 @@ def build(recipe_path, dest, image_format="squashfs", compression="zstd", level=
     digest_of_inputs = inputs_digest(recipe, dict(options, epoch=epoch))
     result = {"path": dest, "format": image_format, "name": recipe["name"], "version": recipe["version"],
               "mount": recipe["mount"], "inputs_digest": digest_of_inputs, "meta": env_json(recipe),
-              "recipe_digest": "sha256:" + hashlib.sha256(canonical(public_recipe(recipe))).hexdigest()}
+              "recipe_digest": digest_bytes(canonical(public_recipe(recipe)))}
     previous = read_build_record(dest)
     current = None if force else is_current(dest, image_format, digest_of_inputs)
     if current:

@@ -39,12 +39,12 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import (
     HOST_RE,
-    digest_bytes,
     is_digest,
     parse_reference,
     referrers_tag,
     split_digest,
 )
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     MANIFEST_MEDIA_TYPES,
     MAX_MANIFEST_SIZE,

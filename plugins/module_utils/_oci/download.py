@@ -35,12 +35,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     TransferError,
     UnsafePathError,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import (
-    digest_file,
-    format_digest,
-    new_hasher,
-    split_digest,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import split_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file, format_digest, new_hasher
 
 # The annotation that records a file's permission bits, as an octal string such as "0755".
 FILE_MODE_ANNOTATION = "io.sciops.fleet.file.mode"

@@ -9,17 +9,15 @@ No message ever contains a password, token or Authorization header.
 
 from __future__ import annotations
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 
-class OciError(Exception):
-    """Base class: ``str(error)`` is a complete, user-facing message."""
+
+class OciError(FleetError):
+    """Base of the registry and OCI errors; ``reference`` is what failed, where one is known."""
 
     def __init__(self, message, reference=None):
         super().__init__(message)
-        self.message = message
         self.reference = reference
-
-    def __str__(self):
-        return self.message
 
 
 class AuthError(OciError):

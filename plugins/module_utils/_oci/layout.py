@@ -22,12 +22,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     OciError,
     SizeMismatchError,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import (
-    digest_bytes,
-    is_digest,
-    split_digest,
-    validate_tag,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import is_digest, split_digest, validate_tag
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     INDEX_MEDIA_TYPES,
     MAX_MANIFEST_SIZE,

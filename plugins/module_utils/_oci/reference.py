@@ -17,9 +17,9 @@ Repository names and tags follow the OCI distribution specification grammar; dig
 
 from __future__ import annotations
 
-import hashlib
 import re
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import DIGEST_ALGORITHMS
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import InvalidReferenceError
 
 LAYOUT_PREFIX = "oci-layout:"
@@ -29,7 +29,6 @@ REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _HOST_LABEL = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
 HOST_RE = re.compile(rf"^(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?$")
-DIGEST_ALGORITHMS = {"sha256": 64, "sha512": 128}
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
 # Registry references are capped like docker does, so a name we accept is accepted everywhere.
 MAX_NAME_LENGTH = 255
@@ -64,40 +63,6 @@ def split_digest(digest):
 def is_digest(text):
     """True when TEXT is a valid digest."""
     return _digest_problem(text) is None
-
-
-def new_hasher(digest_or_algorithm="sha256"):
-    """A hashlib object for the algorithm of a digest (or an algorithm name)."""
-    algorithm = digest_or_algorithm.split(":", 1)[0]
-    if algorithm not in DIGEST_ALGORITHMS:
-        raise InvalidReferenceError(digest_or_algorithm, f"unsupported digest algorithm {algorithm!r}")
-    return hashlib.new(algorithm)
-
-
-def format_digest(hasher):
-    """``algorithm:hex`` of a finished hashlib object."""
-    return f"{hasher.name}:{hasher.hexdigest()}"
-
-
-def digest_bytes(data, algorithm="sha256"):
-    """The digest of DATA."""
-    hasher = new_hasher(algorithm)
-    hasher.update(data)
-    return format_digest(hasher)
-
-
-def digest_file(path, algorithm="sha256", chunk_size=1024 * 1024):
-    """``(digest, size)`` of the file at PATH, read in chunks."""
-    hasher = new_hasher(algorithm)
-    size = 0
-    with open(path, "rb") as handle:
-        while True:
-            chunk = handle.read(chunk_size)
-            if not chunk:
-                break
-            hasher.update(chunk)
-            size += len(chunk)
-    return format_digest(hasher), size
 
 
 def referrers_tag(digest):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import NotFoundError, OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes, is_digest, split_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import is_digest, split_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -11,7 +11,6 @@ same files give the same digest and a second push changes nothing.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -27,9 +26,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import 
     safe_destination,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn import tree_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import NotFoundError, OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes, digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes, digest_file, digest_stream, tree_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     EMPTY_JSON,
     INDEX_MEDIA_TYPES,
@@ -234,15 +232,13 @@ def _check_tar_digest(archive, expected, where):
     """The oras CLI records the digest of the uncompressed tar; check it when it is there."""
     if not expected or not expected.startswith("sha256:"):
         return
-    hasher = hashlib.sha256()
     try:
         with gzip.open(archive, "rb") as handle:
-            for block in iter(lambda: handle.read(1024 * 1024), b""):
-                hasher.update(block)
+            found = digest_stream(handle)[0]
     except (OSError, EOFError) as exc:
         raise OciError(f"{where} is not a gzip tar archive: {exc}") from None
-    if "sha256:" + hasher.hexdigest() != expected:
-        raise OciError(f"{where}: its uncompressed tar has digest sha256:{hasher.hexdigest()}, not the {expected} "
+    if found != expected:
+        raise OciError(f"{where}: its uncompressed tar has digest {found}, not the {expected} "
                        f"its {UNPACKED_DIGEST_ANNOTATION} annotation records; push the directory again")
 
 

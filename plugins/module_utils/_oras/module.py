@@ -57,13 +57,3 @@ def split_target(target, extra_tags):
     head, _sep, more = target.partition(",")
     tags = [t.strip() for t in more.split(",") if t.strip()] if more else []
     return head, tags + [t for t in extra_tags if t not in tags]
-
-
-def fail_from(module, exc, **result):
-    """Fail the module with EXC's message (it names the registry, reference or file), its type and RESULT."""
-    details = {"error_type": type(exc).__name__}
-    reference = getattr(exc, "reference", None)
-    if reference:
-        details["failed_reference"] = str(reference)
-    details.update(result)
-    module.fail_json(msg=str(exc), **details)

@@ -23,12 +23,14 @@ import re
 import socket
 import time
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
+
 DEFAULT_LOCK_DIR = "/var/tmp/sciops-fleet/locks"
 LOCK_DIR_ENV = "SCIOPS_FLEET_LOCK_DIR"
 
 
-class LockError(Exception):
-    """The lock cannot be taken or released; the message names the holder and what to do."""
+class LockError(FleetError):
+    """The fleet lock cannot be taken or released; the message names the holder and what to do."""
 
     def __init__(self, msg, holder=None):
         super().__init__(msg)

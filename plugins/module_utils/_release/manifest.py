@@ -41,6 +41,9 @@ import json
 import posixpath
 import re
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import InvalidDocumentError
+from ansible_collections.sciops.fleet.plugins.module_utils._common.schema import NAME_RE, VERSION_RE, Checker, not_a_string
+
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import parse_reference
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import MAX_MANIFEST_SIZE
@@ -55,8 +58,6 @@ INSTALL_KINDS = ("files", "extract", "squashfs", "mount", "unpack", "rpm")
 IMAGE_KINDS = ("mount", "unpack")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+~_-]{0,63}$")
 _VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOP_KEYS = ("schema_version", "application", "version", "protocol", "role", "description", "artifacts", "configs",
              "services", "requires", "health")
@@ -78,21 +79,11 @@ DEFAULT_MOUNT_POINT_PREFIXES = ("/opt", "/user-environment", "/apps")
 MAX_RELEASE_SIZE = MAX_MANIFEST_SIZE
 
 
-class ReleaseError(OciError):
+class ReleaseError(InvalidDocumentError):
     """A release manifest is not valid; the message lists every problem, one per field."""
 
     def __init__(self, source, problems):
-        self.problems = list(problems)
-        listing = "; ".join(self.problems)
-        super().__init__(f"release manifest {source} is not valid: {listing}")
-
-
-def _not_a_string(value):
-    if isinstance(value, (bool, int, float)):
-        # YAML reads an unquoted 1.10 as 1.1, 010 as 8 and yes as true: the text written is lost, so refuse it.
-        return (f"must be a string, not the {type(value).__name__} {value!r} that YAML read; quote it "
-                "(e.g. version: \"1.10\", protocol: \"010\") so that it stays as written")
-    return f"must be a string, not {type(value).__name__}; quote it if it is meant as text"
+        super().__init__(f"release manifest {source}", problems)
 
 
 def _relative_path(value):
@@ -162,76 +153,6 @@ def mount_point_problem(mount_point, prefixes=None):
     return None
 
 
-class _Checker:
-    """Collects problems as ``field: what is wrong, and what to write instead``."""
-
-    def __init__(self):
-        self.problems = []
-
-    def add(self, field, message):
-        self.problems.append(f"{field}: {message}")
-
-    def keys(self, data, allowed, field):
-        for key in data:
-            if key not in allowed:
-                where = f"{field}.{key}" if field else str(key)
-                self.add(where, f"unknown field; the known ones are {', '.join(allowed)}")
-
-    def string(self, data, key, field, pattern=None, hint="", required=True):
-        value = data.get(key)
-        if value is None:
-            if required:
-                self.add(field, "is required")
-            return None
-        if not isinstance(value, str):
-            self.add(field, _not_a_string(value))
-            return None
-        if pattern is not None and not pattern.match(value):
-            self.add(field, f"{value!r} is not valid{hint}")
-            return None
-        return value
-
-    def number(self, data, key, field, minimum=0, integer=True):
-        value = data.get(key)
-        if value is None:
-            return None
-        kinds = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
-            self.add(field, f"must be a {'whole ' if integer else ''}number of at least {minimum}, not {value!r}")
-            return None
-        return value
-
-    def string_list(self, data, key, field):
-        value = data.get(key)
-        if value is None:
-            return []
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            numbers = [v for v in value if isinstance(v, (bool, int, float))] if isinstance(value, list) else []
-            quote = f" (quote {', '.join(repr(v) for v in numbers)}: YAML read a number or boolean)" if numbers else ""
-            self.add(field, "must be a list of non-empty strings" + quote)
-            return []
-        return value
-
-    def mapping_list(self, data, key, field, required=False):
-        value = data.get(key)
-        if value is None:
-            if required:
-                self.add(field, "is required: a list with at least one entry")
-            return []
-        if not isinstance(value, list) or (required and not value):
-            self.add(field, "must be a list" + (" with at least one entry" if required else ""))
-            return []
-        good = []
-        for index, item in enumerate(value):
-            if not isinstance(item, dict):
-                self.add(f"{field}[{index}]", f"must be a mapping, not {type(item).__name__}")
-            else:
-                good.append((index, item))
-        return good
-
-
 def validate_release(data, source="(given)", mount_point_prefixes=None):
     """Validate a parsed release manifest; return its canonical dict or raise ReleaseError listing every problem.
 
@@ -240,7 +161,7 @@ def validate_release(data, source="(given)", mount_point_prefixes=None):
     site's allow-list for mount points, which release_publish applies; a node, which does not know it, applies the
     rest of the mount point rule (never a system directory).
     """
-    check = _Checker()
+    check = Checker()
     if not isinstance(data, dict):
         raise ReleaseError(source, [f"the document must be a mapping of fields, not {type(data).__name__}"])
     check.keys(data, _TOP_KEYS, "")
@@ -248,13 +169,13 @@ def validate_release(data, source="(given)", mount_point_prefixes=None):
     if schema != SCHEMA_VERSION:
         check.add("schema_version", f"must be {SCHEMA_VERSION} (this collection reads schema version {SCHEMA_VERSION}), not {schema!r}")
     release = {"schema_version": SCHEMA_VERSION}
-    release["application"] = check.string(data, "application", "application", _NAME_RE,
+    release["application"] = check.string(data, "application", "application", NAME_RE,
                                           " (lower-case letters, digits, '.', '_', '-'; at most 63)")
-    release["version"] = check.string(data, "version", "version", _VERSION_RE,
+    release["version"] = check.string(data, "version", "version", VERSION_RE,
                                       " (start with a digit; letters, digits, '.', '+', '~', '_', '-'; e.g. 1.4.0 or 1.4.0~rc1)")
     release["protocol"] = check.string(data, "protocol", "protocol", re.compile(r"^[0-9A-Za-z._-]{1,32}$"),
                                        " (a short protocol or ABI version such as 7 or 2024.1)")
-    release["role"] = check.string(data, "role", "role", _NAME_RE, " (e.g. server, client)", required=False) or "default"
+    release["role"] = check.string(data, "role", "role", NAME_RE, " (e.g. server, client)", required=False) or "default"
     if data.get("description") is not None:
         release["description"] = check.string(data, "description", "description") or ""
 
@@ -262,7 +183,7 @@ def validate_release(data, source="(given)", mount_point_prefixes=None):
     for index, item in check.mapping_list(data, "artifacts", "artifacts", required=True):
         field = f"artifacts[{index}]"
         check.keys(item, _ARTIFACT_KEYS, field)
-        name = check.string(item, "name", f"{field}.name", _NAME_RE, " (lower-case letters, digits, '.', '_', '-')")
+        name = check.string(item, "name", f"{field}.name", NAME_RE, " (lower-case letters, digits, '.', '_', '-')")
         if name in names:
             check.add(f"{field}.name", f"{name!r} is used by another artifact; names must be unique")
         if name and _reserved(name):
@@ -327,7 +248,7 @@ def validate_release(data, source="(given)", mount_point_prefixes=None):
         for key, value in variables.items():
             # What YAML read is no longer what was written: 010 is 8, 0x1F is 31, 1.10 is 1.1, yes is True.
             if not isinstance(value, str):
-                check.add(f"{field}.vars.{key}", _not_a_string(value))
+                check.add(f"{field}.vars.{key}", not_a_string(value))
         entry["vars"] = {k: str(v) for k, v in variables.items()}
         mode = item.get("mode", "0644")
         if not isinstance(mode, str) or not re.match(r"^0?[0-7]{3}$", mode):

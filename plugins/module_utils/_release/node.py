@@ -39,7 +39,9 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import ato
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import open_store
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import BlobCache
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_file, is_digest, parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import is_digest, parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import Descriptor
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import load_manifest, pull_artifact
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError
@@ -101,7 +103,7 @@ def fetch_release(reference_text, registry_options):
     return validate_release(data, str(reference)), digest, reference
 
 
-class RecordDamaged(OciError):
+class RecordDamaged(FleetError):
     """The application's record on this node cannot be read as a record (bad JSON or the wrong shape)."""
 
 

@@ -16,8 +16,10 @@ import shlex
 import shutil
 import tempfile
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
+
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import fsync_dir, link_unsupported
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file
 from ansible_collections.sciops.fleet.plugins.module_utils._rpm.spec import package_changelog, plan_packages, render_spec
 
 COMPRESSION_DEFAULT_LEVEL = {"zstd": 3, "xz": 6, "gzip": 6, "none": 0}
@@ -26,7 +28,7 @@ _PAYLOAD = {"zstd": "w{level}T0.zstdio", "xz": "w{level}T0.xzdio", "gzip": "w{le
 QUERY_FORMAT = "%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{SHA256HEADER}\\t%{PAYLOADDIGEST}\\t%{RSAHEADER:pgpsig}\\n"
 
 
-class RpmBuildError(Exception):
+class RpmBuildError(FleetError):
     """A tool failed or the destination cannot take the packages; the message says which and why."""
 
 

@@ -44,7 +44,9 @@ import re
 import stat
 import time
 
-from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import _Checker
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import InvalidDocumentError
+
+from ansible_collections.sciops.fleet.plugins.module_utils._common.schema import Checker
 from ansible_collections.sciops.fleet.plugins.module_utils._rpm.version import RpmVersionError, check_release, check_version
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
@@ -78,12 +80,11 @@ var/tmp tmp
 """.split())
 
 
-class SpecError(ValueError):
+class SpecError(InvalidDocumentError):
     """The package spec or the tree is not valid; the message lists every problem, one per field."""
 
     def __init__(self, problems):
-        self.problems = list(problems)
-        super().__init__("rpm_build spec is not valid: " + "; ".join(self.problems))
+        super().__init__("rpm_build spec", problems)
 
 
 def pattern_regex(pattern):
@@ -126,7 +127,7 @@ def _tree_path(check, value, field):
 
 def validate_spec(data, host_arch="x86_64"):
     """Validate a package spec (a dict); return its normal form or raise SpecError listing every problem."""
-    check = _Checker()
+    check = Checker()
     if not isinstance(data, dict):
         raise SpecError([f"spec must be a mapping of fields, not {type(data).__name__}"])
     check.keys(data, TOP_KEYS, "spec")

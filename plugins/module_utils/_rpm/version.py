@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
+
 _VERSION_CHARS = re.compile(r"^[0-9A-Za-z._+~^]+$")
 _RELEASE_CHARS = re.compile(r"^[0-9A-Za-z._+~^]+$")
 _PRE_WORD = r"(?:a|alpha|b|beta|c|rc|pre|preview|dev)[0-9]"
@@ -32,7 +34,7 @@ _SEMVER = re.compile(r"^(?P<base>[0-9]+(?:\.[0-9]+)*)"
 _REVISION = re.compile(r"^[0-9A-Za-z]{1,64}$")
 
 
-class RpmVersionError(ValueError):
+class RpmVersionError(FleetError, ValueError):
     """A version, release or EVR string rpm cannot take; the message says what to write instead."""
 
 

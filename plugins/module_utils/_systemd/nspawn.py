@@ -11,15 +11,14 @@ the tree only when the caller says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import stat
 import tempfile
 import time
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file, tree_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.archive import extract_tar
@@ -200,32 +199,6 @@ def extract_image(image, image_format, dest, run_tool, which, scratch_dir):
                            "(squashfs-tools) nor squashfuse to read it; install one, or use a tarball")
 
 
-def file_digest(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
-
-
-def tree_digest(root):
-    """A digest of a directory tree's listing: every entry's path, type, mode, owner, size, mtime and link target.
-
-    Cheaper than hashing every byte of an OS tree, and it changes whenever a file is replaced, added or removed.
-    """
-    digest = hashlib.sha256()
-    for current, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            path = os.path.join(current, name)
-            info = os.lstat(path)
-            target = os.readlink(path) if stat.S_ISLNK(info.st_mode) else ""
-            line = (f"{os.path.relpath(path, root)}\0{info.st_mode:o}\0{info.st_uid}\0{info.st_gid}\0{info.st_size}\0"
-                    f"{info.st_mtime_ns}\0{target}\n")
-            digest.update(line.encode("utf-8", "surrogateescape"))
-    return "tree:sha256:" + digest.hexdigest()
-
-
 def file_identity(path):
     """``[size, mtime_ns, inode]`` of file PATH: unchanged only if nobody rewrote or replaced the file."""
     info = os.stat(path)
@@ -233,7 +206,7 @@ def file_identity(path):
 
 
 def image_digest(path, image_format):
-    return tree_digest(path) if image_format == "directory" else file_digest(path)
+    return tree_digest(path) if image_format == "directory" else digest_file(path)[0]
 
 
 class Machine:

@@ -8,9 +8,11 @@ Nothing here runs a command; ``_systemd_manager`` does that. Everything here is 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
+
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file, digest_text
 
 UNIT_TYPES = ("service", "socket", "timer", "mount", "automount", "path", "target", "slice", "swap")
 
@@ -31,19 +33,12 @@ _DROPIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]*\.conf$")
 _EXPOSURE_RE = re.compile(r"Overall exposure level for (?P<unit>\S+):\s*(?P<score>\d+(?:\.\d+)?)\s+(?P<rating>[A-Z]+)")
 
 
-class UnitError(Exception):
+class UnitError(FleetError):
     """A unit could not be written, verified, enabled or started; ``str()`` is the user-facing message.
 
     ``details`` holds what the module adds to its failure result (unit state, journal lines, systemd's output).
     """
 
-    def __init__(self, message, **details):
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-    def __str__(self):
-        return self.message
 
 
 class UnitName:
@@ -239,7 +234,7 @@ def expand_instance(path, instance):
 
 
 def text_digest(text):
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return digest_text(text)
 
 
 def path_digest(path):
@@ -251,11 +246,7 @@ def path_digest(path):
     try:
         if os.path.isdir(path):
             return "dir:" + os.path.realpath(path)
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1024 * 1024), b""):
-                digest.update(block)
-        return "sha256:" + digest.hexdigest()
+        return digest_file(path)[0]
     except FileNotFoundError:
         return "absent"
     except OSError as exc:

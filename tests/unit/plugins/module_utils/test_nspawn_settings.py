@@ -19,9 +19,9 @@ from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn impor
     quote_arg,
     render_settings,
     settings_sections,
-    tree_digest,
     validate_name,
 )
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import tree_digest
 
 
 def params(**overrides):

@@ -24,7 +24,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     TransferError,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes, digest_file, referrers_tag
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import referrers_tag
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes, digest_file
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     OCI_INDEX,
     OCI_MANIFEST,

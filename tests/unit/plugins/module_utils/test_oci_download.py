@@ -28,7 +28,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     TransferError,
     UnsafePathError,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes, digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes, digest_file
 
 # Fixed bytes: a test that damages one byte must really change it, whatever the run.
 DATA = random.Random(20261122).randbytes(200_000)

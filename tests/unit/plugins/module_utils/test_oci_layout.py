@@ -13,7 +13,7 @@ import pytest
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import BlobCache
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import DigestMismatchError, NotFoundError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes, digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes, digest_file
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     EMPTY_JSON,
     OCI_MANIFEST,

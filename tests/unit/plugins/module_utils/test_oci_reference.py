@@ -8,11 +8,11 @@ import pytest
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import InvalidReferenceError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import (
-    digest_bytes,
     parse_reference,
     referrers_tag,
     split_digest,
 )
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes
 
 D256 = "sha256:" + "a" * 64
 D512 = "sha512:" + "b" * 128

@@ -12,7 +12,7 @@ import pytest
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import RegistryClient
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_bytes
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     OCI_INDEX,
     OCI_MANIFEST,

@@ -13,8 +13,9 @@ import tarfile
 
 import pytest
 
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import ArchiveError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import digest_file
+from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file
 from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import (
     ReleaseError,
     canonical_json,
@@ -167,7 +168,7 @@ def test_archives_cannot_write_outside_the_release(tmp_path, members):
     _tar(archive, members)
     dest = tmp_path / "release"
     dest.mkdir()
-    with pytest.raises(OciError, match="outside the release"):
+    with pytest.raises(ArchiveError, match="outside the release"):
         _extract(str(archive), str(dest))
     assert not (tmp_path / "escape").exists()
 
