@@ -53,7 +53,7 @@ demo: collection-link
 	@echo "demo: version matrices in build/demo/status-after-upgrade.html and build/demo/status-after-rollback.html"
 
 sweep: venv
-	$(BIN)/python tests/testbed.py sweep
+	$(BIN)/python tests/testbed sweep
 
 unit: collection-link
 	$(BIN)/python -m pytest tests/unit
