@@ -53,7 +53,7 @@ demo: collection-link
 	@echo "demo: version matrices in build/demo/status-after-upgrade.html and build/demo/status-after-rollback.html"
 
 sweep: venv
-	$(BIN)/python tests/testbed.py sweep
+	$(BIN)/python tests/testbed sweep
 
 unit: collection-link
 	$(BIN)/python -m pytest tests/unit
@@ -85,12 +85,14 @@ build: venv
 	mkdir -p build/dist
 	$(BIN)/ansible-galaxy collection build --force --output-path build/dist .
 
-# The built tarball installs into an empty collections path and its modules document themselves.
+# The built tarball installs into an empty collections path, carries its license text, and its modules
+# document themselves.
 install-check: build
 	rm -rf build/install-check
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install-check $(BIN)/ansible-galaxy collection install \
 	  --offline --force -p build/install-check build/dist/sciops-fleet-$(VERSION).tar.gz
 	test -f build/install-check/ansible_collections/sciops/fleet/MANIFEST.json
+	test -f build/install-check/ansible_collections/sciops/fleet/LICENSES/GPL-3.0-or-later.txt
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install-check $(BIN)/ansible-doc -t role sciops.fleet.node_base \
 	  | grep -q node_base_state_root
 

@@ -4,7 +4,7 @@
 
     .venv/bin/python bench/rollout.py [--nodes 8] [--net 127.0.7] [--size-mib 256] [--rounds 3] [--forks 8]
 
-One run boots a fleet (tests/testbed.py: systemd-nspawn nodes with sshd at NET.N) and the real registry
+One run boots a fleet (tests/testbed/: systemd-nspawn nodes with sshd at NET.N) and the real registry
 (Debian docker-registry on 127.0.0.1), pushes one artifact of SIZE MiB of random bytes (one file, installed
 by the release with ``install: files``), publishes a release naming it by digest, and then measures, in
 every round and in an order that rotates from round to round:

@@ -26,6 +26,8 @@ import urllib.request
 import pytest
 
 import testbed
+from testbed.cgroups import _enter_cgroups, _make_cgroups, _remove_cgroups
+from testbed.common import _terminate
 from ansible_collections.sciops.fleet.plugins.connection.nspawn import leader_from_processes, nsenter_argv
 
 # Leave out of the machine image what a test machine does not need, and the SSH server: the image has no
@@ -167,13 +169,13 @@ def host_machine(tmp_path_factory):
         pytest.skip("needs root, systemd-nspawn and nsenter")
     name = f"sciops-conn-{os.getpid()}"
     log_path = tmp_path_factory.mktemp("machine") / "nspawn.log"
-    cgroups = testbed._make_cgroups(name)  # pylint: disable=protected-access
+    cgroups = _make_cgroups(name)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(  # pylint: disable=consider-using-with
             ["systemd-nspawn", "-D", testbed.node_root(), "--volatile=overlay", "-M", name, "--register=no",
              "--keep-unit", "--private-network", "--quiet", "--as-pid2", "/bin/sleep", "infinity"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            preexec_fn=testbed._enter_cgroups(cgroups))  # pylint: disable=protected-access
+            preexec_fn=_enter_cgroups(cgroups))
     try:
         deadline = time.monotonic() + 30
         while leader_from_processes(name) is None:
@@ -181,8 +183,8 @@ def host_machine(tmp_path_factory):
             time.sleep(0.2)
         yield name
     finally:
-        testbed._terminate(proc.pid, "systemd-nspawn")  # pylint: disable=protected-access
-        testbed._remove_cgroups(cgroups)  # pylint: disable=protected-access
+        _terminate(proc.pid, "systemd-nspawn")
+        _remove_cgroups(cgroups)
 
 
 CONNECTION_PLAY = """---

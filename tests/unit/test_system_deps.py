@@ -3,7 +3,7 @@
 """Every external program the collection and its tests run is installed by the project's own setup.
 
 A fresh Debian 12 machine has only what `tools/install-system-deps.sh`, `make venv` and the test nodes' root
-(`tests/testbed.py` NODE_PACKAGES) put there. The scanner below finds the programs the code runs; the tables
+(`tests/testbed/noderoot.py` NODE_PACKAGES) put there. The scanner below finds the programs the code runs; the tables
 below name the ones it cannot see, and where each program comes from. tools/check-fresh-machine.sh checks on a
 real fresh tree that the script's table is installed.
 """
@@ -74,7 +74,7 @@ UNSEEN = {
     "plugins/modules/service_unit.py": ["systemctl", "journalctl", "systemd-analyze"],
     "plugins/modules/nspawn_container.py": ["systemctl", "journalctl", "systemd-analyze", "systemd-nspawn"],
     "plugins/module_utils/_release/node.py": ["rpm"],
-    "tests/testbed.py": ["ssh"],
+    "tests/testbed/fleet.py": ["ssh"],
 }
 
 # Calls whose first argument is a program name (or an argv list that starts with one).
@@ -218,7 +218,7 @@ def test_every_program_the_collection_and_its_tests_run_is_installed_by_the_proj
     missing = unprovided(programs, want, set(testbed.NODE_PACKAGES), requirements())
     assert not missing, (
         "programs that a fresh machine lacks (add each to the WANT table of tools/install-system-deps.sh, or, if "
-        "it runs only on nodes, to NODE_PACKAGES in tests/testbed.py and NODE_ONLY here):\n"
+        "it runs only on nodes, to NODE_PACKAGES in tests/testbed/noderoot.py and NODE_ONLY here):\n"
         + "\n".join(f"  {p}: run by {', '.join(w)}" for p, w in missing.items()))
 
 
@@ -237,7 +237,7 @@ def test_the_scanner_sees_the_programs_run_by_roles_modules_and_tests(programs):
     assert "plugins/module_utils/_env/build.py" in seen["patchelf"]
     assert "plugins/module_utils/_release/node.py" in seen["systemd-escape"]
     assert "tests/integration/test_oras_interop.py" in seen["skopeo"]
-    assert "tests/testbed.py" in seen["debootstrap"]
+    assert "tests/testbed/noderoot.py" in seen["debootstrap"]
     assert "tests/integration/test_nspawn_machines.py" in seen["hostname"]
 
 

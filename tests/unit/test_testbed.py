@@ -12,18 +12,19 @@ import pytest
 import yaml
 
 import testbed
+from testbed import cli, live, noderoot
 
 
 def test_root_key_is_stable_and_follows_the_package_list(monkeypatch):
-    key = testbed.root_key()
-    assert key == testbed.root_key()
-    monkeypatch.setattr(testbed, "NODE_PACKAGES", testbed.NODE_PACKAGES + ("curl",))
-    assert testbed.root_key() != key
+    key = noderoot.root_key()
+    assert key == noderoot.root_key()
+    monkeypatch.setattr(noderoot, "NODE_PACKAGES", noderoot.NODE_PACKAGES + ("curl",))
+    assert noderoot.root_key() != key
     # Order does not matter: the key is of the set of packages.
-    monkeypatch.setattr(testbed, "NODE_PACKAGES", tuple(reversed(testbed.NODE_PACKAGES)))
-    assert testbed.root_key() != key  # curl is still in it
-    monkeypatch.setattr(testbed, "NODE_PACKAGES", tuple(p for p in testbed.NODE_PACKAGES if p != "curl"))
-    assert testbed.root_key() == key
+    monkeypatch.setattr(noderoot, "NODE_PACKAGES", tuple(reversed(noderoot.NODE_PACKAGES)))
+    assert noderoot.root_key() != key  # curl is still in it
+    monkeypatch.setattr(noderoot, "NODE_PACKAGES", tuple(p for p in noderoot.NODE_PACKAGES if p != "curl"))
+    assert noderoot.root_key() == key
 
 
 def test_cache_dir_is_outside_the_checkout_and_overridable(monkeypatch, tmp_path):
@@ -51,8 +52,8 @@ def test_sweep_spares_live_owners_and_clears_dead_ones(monkeypatch, tmp_path):
     state_dead = tmp_path / "dead"
     state_alive.mkdir()
     state_dead.mkdir()
-    alive_record = testbed._register_live("registry", str(state_alive), os.getpid())  # pylint: disable=protected-access
-    dead_record = testbed._register_live("registry", str(state_dead), dead.pid)  # pylint: disable=protected-access
+    alive_record = live._register_live("registry", str(state_alive), os.getpid())  # pylint: disable=protected-access
+    dead_record = live._register_live("registry", str(state_dead), dead.pid)  # pylint: disable=protected-access
     assert testbed.sweep() == 1
     assert os.path.exists(alive_record)
     assert not os.path.exists(dead_record)
@@ -68,5 +69,5 @@ def test_cli_names_the_missing_node(tmp_path, capsys):
 
 def test_auth_option_needs_user_and_password():
     with pytest.raises(testbed.TestbedError, match="USER:PASSWORD"):
-        testbed._parse_auth("nocolon")  # pylint: disable=protected-access
-    assert testbed._parse_auth("ci:se:cret") == ("ci", "se:cret")  # pylint: disable=protected-access
+        cli._parse_auth("nocolon")  # pylint: disable=protected-access
+    assert cli._parse_auth("ci:se:cret") == ("ci", "se:cret")  # pylint: disable=protected-access

@@ -5,7 +5,7 @@
 It speaks enough of the distribution API for the client (manifests, blobs with Range, uploads, mounts, tag
 pagination, optional referrers API) and injects faults: a dropped connection mid-blob, ignored Range,
 wrong bytes, error statuses, Basic or Bearer authentication, a redirect for blob downloads.
-Integration tests use the real registry (tests/testbed.py); this is only for unit tests.
+Integration tests use the real registry (tests/testbed/registry.py); this is only for unit tests.
 """
 
 from __future__ import annotations
