@@ -443,7 +443,10 @@ def test_mount_points_lie_below_the_allowed_prefixes_and_never_in_system_directo
 
 
 def test_a_release_larger_than_a_node_reads_is_refused():
-    from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import MAX_RELEASE_SIZE, release_document  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import (  # pylint: disable=import-outside-toplevel
+        MAX_RELEASE_SIZE,
+        release_document,
+    )
     from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import MAX_MANIFEST_SIZE  # pylint: disable=import-outside-toplevel
     assert MAX_RELEASE_SIZE == MAX_MANIFEST_SIZE == 4 * 1024 * 1024
     release = validate_release(dict(copy.deepcopy(GOOD), description="x" * MAX_RELEASE_SIZE))
