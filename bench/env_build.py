@@ -32,7 +32,7 @@ REPO = os.path.dirname(HERE)
 COLLECTIONS = os.path.join(REPO, "build", "collections")
 sys.path.insert(0, COLLECTIONS)
 
-from ansible_collections.sciops.fleet.plugins.module_utils._env.build import (  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.sciops.fleet.plugins.module_utils._env.image import (  # noqa: E402  pylint: disable=wrong-import-position
     mksquashfs_argv,
 )
 

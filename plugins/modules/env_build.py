@@ -212,7 +212,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
-from ansible_collections.sciops.fleet.plugins.module_utils._env.build import build, export_meta
+from ansible_collections.sciops.fleet.plugins.module_utils._env.build import build
+from ansible_collections.sciops.fleet.plugins.module_utils._env.metadata import export_meta
 
 ARGUMENT_SPEC = {
     "recipe": {"type": "path", "required": True},

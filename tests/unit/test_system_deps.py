@@ -234,7 +234,7 @@ def test_a_program_missing_from_the_install_table_is_found(programs):
 def test_the_scanner_sees_the_programs_run_by_roles_modules_and_tests(programs):
     seen = dict(programs)
     assert "roles/build_env/tasks/main.yml" in seen["squashfuse"]
-    assert "plugins/module_utils/_env/build.py" in seen["patchelf"]
+    assert "plugins/module_utils/_env/closure.py" in seen["patchelf"]
     assert "plugins/module_utils/_release/node.py" in seen["systemd-escape"]
     assert "tests/integration/test_oras_interop.py" in seen["skopeo"]
     assert "tests/testbed/noderoot.py" in seen["debootstrap"]

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.sciops.fleet.plugins.module_utils._env.build import (
-    EnvBuildError,
-    RecipeError,
-    env_json,
-    parse_block_size,
-    spack_yaml,
-    validate_recipe,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._env.errors import EnvBuildError, RecipeError
+from ansible_collections.sciops.fleet.plugins.module_utils._env.image import parse_block_size
+from ansible_collections.sciops.fleet.plugins.module_utils._env.metadata import env_json
+from ansible_collections.sciops.fleet.plugins.module_utils._env.recipe import validate_recipe
+from ansible_collections.sciops.fleet.plugins.module_utils._env.spack import spack_yaml
 
 SPACK = {"name": "hpc", "version": "24.7", "mount": "/user-environment", "backend": "spack",
          "spack": {"specs": ["hdf5@1.14 +mpi", "cmake"], "compilers": ["gcc@12"],
