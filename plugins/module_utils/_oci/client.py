@@ -5,7 +5,7 @@
 
 It authenticates with explicit credentials or the docker ``config.json`` (``auths``, ``credHelpers``,
 ``credsStore``), follows Basic and Bearer token challenges, verifies TLS by default, retries transient
-failures with backoff, and downloads every blob through ``_oci_download.download_blob``.
+failures with backoff, and downloads every blob through ``_oci/download.py`` ``download_blob``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
 )
 
 USER_AGENT = "sciops.fleet-oci/1"
-DEFAULT_TIMEOUT = 60.0
+# The defaults of the registry options timeout and retries (module options and RegistryClient alike).
+DEFAULT_TIMEOUT = 60
+DEFAULT_RETRIES = 3
 # Blobs up to this size go up in one PUT; larger ones in PATCH chunks of this size.
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 BODY_BLOCK_SIZE = 1024 * 1024
@@ -257,7 +259,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
     """
 
     def __init__(self, registry, username=None, password=None, docker_config=None, ca_file=None, validate_certs=True,
-                 plain_http=False, timeout=DEFAULT_TIMEOUT, retries=3, backoff=1.0, chunk_size=DEFAULT_CHUNK_SIZE):
+                 plain_http=False, timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES, backoff=1.0, chunk_size=DEFAULT_CHUNK_SIZE):
         super().__init__()
         if not HOST_RE.match(registry or ""):
             raise OciError(f"{registry!r} is not a registry host[:port]")

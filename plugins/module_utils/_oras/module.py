@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import open_store
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, open_store
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import parse_reference
 
@@ -17,8 +17,8 @@ REGISTRY_ARGUMENT_SPEC = {
     "ca_path": {"type": "path"},
     "validate_certs": {"type": "bool", "default": True},
     "plain_http": {"type": "bool", "default": False},
-    "timeout": {"type": "float", "default": 60},
-    "retries": {"type": "int", "default": 3},
+    "timeout": {"type": "float", "default": DEFAULT_TIMEOUT},
+    "retries": {"type": "int", "default": DEFAULT_RETRIES},
 }
 
 
@@ -38,8 +38,8 @@ def registry_options(params):
         "ca_file": params.get("ca_path"),
         "validate_certs": params.get("validate_certs", True),
         "plain_http": params.get("plain_http", False),
-        "timeout": params.get("timeout") or 60,
-        "retries": params.get("retries") if params.get("retries") is not None else 3,
+        "timeout": params.get("timeout") or DEFAULT_TIMEOUT,
+        "retries": params.get("retries") if params.get("retries") is not None else DEFAULT_RETRIES,
     }
 
 

@@ -40,7 +40,6 @@ class UnitError(FleetError):
     """
 
 
-
 class UnitName:
     """A parsed unit name: ``app@.service`` is a template, ``app@current.service`` an instance of it."""
 
