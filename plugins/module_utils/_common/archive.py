@@ -111,8 +111,8 @@ class _Extraction:
                         raise
                     where = "/".join(parts[:depth + 1])
                     raise _refused(self.archive, name,
-                                       f"would be written through {where!r}, which is not a directory "
-                                       "(a symbolic link or a file)") from None
+                                   f"would be written through {where!r}, which is not a directory "
+                                   "(a symbolic link or a file)") from None
                 os.close(fd)
                 fd = next_fd
         except BaseException:
@@ -253,8 +253,8 @@ class _Extraction:
         key = "/".join(target)
         if key not in self.regular:
             raise _refused(self.archive, member.name,
-                               f"is a hard link to {member.linkname!r}, which is not a regular file this archive "
-                               "placed before it")
+                           f"is a hard link to {member.linkname!r}, which is not a regular file this archive "
+                           "placed before it")
         try:
             source_fd = self.open_parent(target, member.name, create=False)
         except FileNotFoundError:
@@ -263,8 +263,8 @@ class _Extraction:
             info = self.existing(source_fd, target[-1]) if source_fd is not None else None
             if info is None or not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != self.regular[key]:
                 raise _refused(self.archive, member.name,
-                                   f"is a hard link to {member.linkname!r}, which is no longer the file this "
-                                   "archive placed there")
+                               f"is a hard link to {member.linkname!r}, which is no longer the file this "
+                               "archive placed there")
             self.clear_for(fd, leaf, member, "file")
             # The linked file keeps its own mode and owner: the header of a hard link changes nothing.
             os.link(target[-1], leaf, src_dir_fd=source_fd, dst_dir_fd=fd, follow_symlinks=False)
@@ -352,7 +352,7 @@ def _open_archive(path, archive):
     program = shutil.which("zstd")
     if not program:
         raise ArchiveError(f"archive {archive} is compressed with zstd, and this node has no zstd program to read it; "
-                       "install zstd, or compress the archive with gzip or xz")
+                           "install zstd, or compress the archive with gzip or xz")
     process = subprocess.Popen([program, "-dcq", "--", path], stdout=subprocess.PIPE)  # pylint: disable=consider-using-with
     return tarfile.open(fileobj=process.stdout, mode="r|"), process
 

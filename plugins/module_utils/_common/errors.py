@@ -55,4 +55,3 @@ class ArchiveError(FleetError):
         super().__init__(message)
         self.archive = archive
         self.member = member
-
