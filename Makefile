@@ -59,7 +59,7 @@ unit: collection-link
 	$(BIN)/python -m pytest tests/unit
 
 integration: collection-link
-	$(BIN)/python -m pytest tests/integration
+	$(BIN)/python -m pytest tests/integration --durations=30
 
 # ansible-test needs a tree at ansible_collections/sciops/fleet with its own git index: a copy of the
 # files git tracks (and new, unignored ones).
