@@ -20,7 +20,7 @@ import time
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file, tree_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
+from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import ArchiveError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.archive import extract_tar
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
@@ -174,7 +174,7 @@ def extract_image(image, image_format, dest, run_tool, which, scratch_dir):
     elif image_format == "tar":
         try:
             extract_tar(image, dest, tree=True)
-        except OciError as exc:
+        except ArchiveError as exc:
             raise MachineError(f"extracting {image}: {exc}") from None
     elif which("unsquashfs"):
         # unsquashfs creates the destination itself.
