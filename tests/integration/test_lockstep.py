@@ -108,7 +108,7 @@ def clean_apps(fleet):
             fleet.thaw(name)
             fleet.ssh(name, f"systemctl disable --now {SERVER}@current {SERVER}@oldstable 2>/dev/null; "
                             f"rm -rf /etc/systemd/system/{SERVER}@.service /etc/sciops-fleet/{SERVER} "
-                            f"/var/lib/sciops-fleet/units/{SERVER}@* ; systemctl daemon-reload; "
+                            f"/var/lib/sciops-fleet/_units/{SERVER}@* ; systemctl daemon-reload; "
                             f"rm -rf /var/lib/sciops-fleet/{SERVER} /var/lib/sciops-fleet/{CLIENT} "
                             f"/etc/ansible/facts.d/sciops_fleet_{SERVER}.fact /etc/ansible/facts.d/sciops_fleet_{CLIENT}.fact",
                       check=False)

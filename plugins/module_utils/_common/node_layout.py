@@ -23,11 +23,9 @@ FACTS_DIR = "/etc/ansible/facts.d"
 CACHE_ROOT = "/var/cache/sciops-fleet"
 UNITS_STATE_DIR = os.path.join(STATE_ROOT, "_units")
 MACHINES_STATE_DIR = os.path.join(STATE_ROOT, "_machines")
-NODE_FACT = "sciops_fleet"
 # Where earlier versions kept the same things: an application of that name could share them.
 LEGACY_UNITS_STATE_DIR = os.path.join(STATE_ROOT, "units")
 LEGACY_MACHINES_STATE_DIR = os.path.join(STATE_ROOT, "machines")
-LEGACY_NODE_FACT = "sciops_fleet_node"
 
 
 def migrate_state_files(legacy_dir: str, state_dir: str, is_ours: Callable[[str, object], bool]) -> List[str]:

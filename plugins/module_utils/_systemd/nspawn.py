@@ -22,6 +22,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing impor
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import ArchiveError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.archive import extract_tar
+from ansible_collections.sciops.fleet.plugins.module_utils._common.node_layout import LEGACY_MACHINES_STATE_DIR, MACHINES_STATE_DIR, migrate_state_files
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
     start_and_check,
@@ -56,7 +57,7 @@ ARGUMENT_SPEC = {
     "journal_lines": {"type": "int", "default": 20},
     "machines_dir": {"type": "path", "default": "/var/lib/machines"},
     "settings_dir": {"type": "path", "default": "/etc/systemd/nspawn"},
-    "state_dir": {"type": "path", "default": "/var/lib/sciops-fleet/machines"},
+    "state_dir": {"type": "path", "default": MACHINES_STATE_DIR},
 }
 
 _MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -199,6 +200,11 @@ def extract_image(image, image_format, dest, run_tool, which, scratch_dir):
                            "(squashfs-tools) nor squashfuse to read it; install one, or use a tarball")
 
 
+def is_machine_record(file_name, data):
+    """Whether FILE_NAME holding DATA is a machine's image record (``<machine>.json``: image, format, digest)."""
+    return isinstance(data, dict) and all(key in data for key in ("image", "format", "digest"))
+
+
 def file_identity(path):
     """``[size, mtime_ns, inode]`` of file PATH: unchanged only if nobody rewrote or replaced the file."""
     info = os.stat(path)
@@ -268,6 +274,8 @@ class Machine:
         return result
 
     def _apply(self):
+        if self.params["state_dir"] == MACHINES_STATE_DIR and not self.check_mode:
+            migrate_state_files(LEGACY_MACHINES_STATE_DIR, MACHINES_STATE_DIR, is_machine_record)
         state = self.params["state"]
         if state == "absent":
             self._remove()
