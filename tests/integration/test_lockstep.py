@@ -48,7 +48,7 @@ def _publish(registry, run_module, tmp_path, app, version, protocol, role, healt
     if role == "server":
         release["health"] = [{"http": f"http://${{address}}:{PORTS['current']}{health_path}", "timeout": 2, "retries": 10,
                               "delay": 0.5}]
-    published = run_module("release_publish", release=release, repository=f"{registry.host}/releases/{app}",
+    published = run_module("release_publish", manifest_data=release, repository=f"{registry.host}/releases/{app}",
                            plain_http=True)
     assert not published.get("failed"), published
     return f"{registry.host}/releases/{app}:{version}"
