@@ -137,8 +137,8 @@ def main():
             wanted = release_digest(params["release"])
             if digest != wanted:
                 raise NodeError(f"{params['slot']} of {params['application']} on this node is {name or 'not set'}"
-                               f"{f' ({digest})' if digest else ''}, not the release to check ({wanted}): another run"
-                               " may have switched it; check which run changes this application")
+                                f"{f' ({digest})' if digest else ''}, not the release to check ({wanted}): another run"
+                                " may have switched it; check which run changes this application")
         if not name or not state.is_installed(name):
             raise NodeError(f"{params['application']} has no installed release in {params['slot']} on this node")
         with open(os.path.join(state.release_path(name), RELEASE_FILE), encoding="utf-8") as handle:

@@ -63,4 +63,3 @@ def migrate_state_files(legacy_dir: str, state_dir: str, is_ours: Callable[[str,
         except OSError:
             pass
     return moved
-
