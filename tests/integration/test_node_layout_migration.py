@@ -142,3 +142,7 @@ def test_a_node_with_the_old_layout_is_migrated_and_keeps_its_history(registry, 
     fleet.ssh(node, f"echo '{json.dumps(record)}' > {LEGACY_FACT}")
     _node_base(ansible, fleet, node)
     assert json.loads(fleet.ssh(node, f"cat {LEGACY_FACT}").stdout) == record
+    # ...nor a damaged one: it is not node_base's to judge, and node_base still runs.
+    fleet.ssh(node, f"echo 'not json {{' > {LEGACY_FACT}")
+    _node_base(ansible, fleet, node)
+    assert fleet.ssh(node, f"cat {LEGACY_FACT}").stdout == "not json {\n"
