@@ -3,7 +3,7 @@
 # This module is private to sciops.fleet; its API may change without notice.
 """What every place that holds OCI content offers: media types, descriptors, manifests, the store interface.
 
-``RegistryClient`` (_oci_client) and ``LayoutStore`` (_oci_layout) both implement ``OciStore``, so a module
+``RegistryClient`` (``_oci/client.py``) and ``LayoutStore`` (``_oci/layout.py``) both implement ``OciStore``, so a module
 works the same with a registry or an image layout directory as source or target.
 """
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import time
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import InvalidDocumentError
@@ -306,11 +305,6 @@ def scan_tree(tree):
     return sorted(files), sorted(dirs)
 
 
-def _parents(path):
-    parts = path.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
-
-
 def plan_packages(spec, tree):
     """Split TREE among SPEC's packages: per package its files and the directories it owns, with attributes.
 
@@ -530,13 +524,3 @@ def render_spec(spec, plan, tree, package, source_date_epoch, install_command):
     lines += [""] + _changelog(spec, package, source_date_epoch)
     return "\n".join(lines) + "\n"
 
-
-def newest_mtime(tree):
-    """The newest modification time in TREE (whole seconds), the fallback for SOURCE_DATE_EPOCH."""
-    newest = 0
-    for base, _dirs, names in os.walk(tree):
-        for name in names:
-            info = os.lstat(os.path.join(base, name))
-            if not stat.S_ISDIR(info.st_mode):
-                newest = max(newest, int(info.st_mtime))
-    return newest

@@ -210,7 +210,7 @@ def image_digest(path, image_format):
 
 
 class Machine:
-    """One run of the nspawn_container module. SYSTEMD is a ``_systemd_manager.Systemd``; RUN runs a command."""
+    """One run of the nspawn_container module. SYSTEMD is a ``_systemd.manager.Systemd``; RUN runs a command."""
 
     def __init__(self, systemd, run, which, params, check_mode=False, diff=False):
         self.systemd = systemd

@@ -140,7 +140,7 @@ def verify_candidate(systemd, unit, dropin, text, units, unit_dir, strict, warn)
 
 
 class ServiceUnit:
-    """One run of the service_unit module against SYSTEMD (a ``_systemd_manager.Systemd``)."""
+    """One run of the service_unit module against SYSTEMD (a ``_systemd.manager.Systemd``)."""
 
     def __init__(self, systemd, params, check_mode=False, diff=False, warn=None):
         self.systemd = systemd

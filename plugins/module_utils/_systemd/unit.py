@@ -3,7 +3,7 @@
 # This module is private to sciops.fleet; its API may change without notice.
 """systemd unit files as data: names, rendering from sections, hardened defaults, tool output parsing.
 
-Nothing here runs a command; ``_systemd_manager`` does that. Everything here is unit-tested.
+Nothing here runs a command; ``_systemd/manager.py`` does that. Everything here is unit-tested.
 """
 
 from __future__ import annotations
