@@ -3,9 +3,9 @@
 # This module is private to sciops.fleet; its API may change without notice.
 """A registry client for the OCI distribution API, in the Python standard library only.
 
-It authenticates with explicit credentials or the docker ``config.json`` (``auths``, ``credHelpers``,
-``credsStore``), follows Basic and Bearer token challenges, verifies TLS by default, retries transient
-failures with backoff, and downloads every blob through ``_oci/download.py`` ``download_blob``.
+It authenticates with explicit credentials or the docker ``config.json`` (``_oci/credentials.py``), follows
+Basic and Bearer token challenges, verifies TLS by default, retries transient failures with backoff
+(``_oci/retry.py``), and downloads every blob through ``_oci/download.py`` ``download_blob``.
 """
 
 from __future__ import annotations
@@ -17,16 +17,12 @@ import os
 import re
 import socket
 import ssl
-import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import (
-    RetryPolicy,
-    download_blob,
-    network_error,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.credentials import docker_credentials
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import download_blob
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     AuthError,
     DigestMismatchError,
@@ -37,6 +33,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     TransferError,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.retry import RetryPolicy, network_error
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import (
     HOST_RE,
     is_digest,
@@ -65,100 +62,11 @@ DEFAULT_RETRIES = 3
 # Blobs up to this size go up in one PUT; larger ones in PATCH chunks of this size.
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 BODY_BLOCK_SIZE = 1024 * 1024
-CREDENTIAL_HELPER_TIMEOUT = 30
 _ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
 _CHALLENGE_PARAM_RE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 _LINK_NEXT_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_PAGES = 10000
-
-
-# ---------------------------------------------------------------------------------------------
-# credentials
-
-
-def _config_path(docker_config):
-    """The config.json to read: DOCKER_CONFIG (file or directory), else $DOCKER_CONFIG, else ~/.docker."""
-    path = docker_config or os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
-    return path
-
-
-def _auths_key_host(key):
-    """The host part of an ``auths`` key, which may be a bare host or a URL such as https://host/v1/."""
-    if "://" in key:
-        key = urllib.parse.urlsplit(key).netloc
-    return key.split("/", 1)[0]
-
-
-def _run_credential_helper(helper, registry, config_path):
-    """``(username, secret)`` from ``docker-credential-HELPER get``, or None when it has nothing for REGISTRY."""
-    command = f"docker-credential-{helper}"
-    try:
-        result = subprocess.run(
-            [command, "get"], input=registry.encode(), capture_output=True,
-            timeout=CREDENTIAL_HELPER_TIMEOUT, check=False,
-        )
-    except FileNotFoundError:
-        raise OciError(
-            f"credential helper {command}, named for {registry} in {config_path}, is not installed (not on PATH); "
-            f"install it or remove it from the config"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise OciError(f"credential helper {command} did not answer for {registry} within {CREDENTIAL_HELPER_TIMEOUT}s") from None
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).decode("utf-8", "replace")
-        if "credentials not found" in output.lower():
-            return None
-        first_line = output.strip().splitlines()[0][:200] if output.strip() else f"exit status {result.returncode}"
-        raise OciError(f"credential helper {command} failed for {registry}: {first_line}")
-    try:
-        data = json.loads(result.stdout)
-        return data.get("Username") or "", data["Secret"]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise OciError(f"credential helper {command} gave an answer for {registry} that is not the expected JSON") from None
-
-
-def docker_credentials(registry, docker_config=None):
-    """Credentials for REGISTRY from a docker config.json: ``(username, password, identity_token, source)`` or None.
-
-    Order as in docker: ``credHelpers[registry]``, else ``credsStore``, else the ``auths`` entry (``auth`` is
-    base64 ``user:password``; ``identitytoken`` is an OAuth2 refresh token). A helper that reports the user
-    name ``<token>`` returns an identity token.
-    """
-    path = _config_path(docker_config)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise OciError(f"cannot read docker config {path}: {exc}; fix or remove the file") from None
-    if not isinstance(config, dict):
-        raise OciError(f"docker config {path} is not a JSON object")
-    helper = (config.get("credHelpers") or {}).get(registry) or config.get("credsStore")
-    if helper:
-        found = _run_credential_helper(helper, registry, path)
-        if found:
-            username, secret = found
-            if username == "<token>":
-                return None, None, secret, f"docker-credential-{helper}"
-            return username, secret, None, f"docker-credential-{helper}"
-    for key, entry in (config.get("auths") or {}).items():
-        if _auths_key_host(key) != registry or not isinstance(entry, dict):
-            continue
-        if entry.get("identitytoken"):
-            return entry.get("username"), None, entry["identitytoken"], path
-        if entry.get("auth"):
-            try:
-                username, _sep, password = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
-            except (ValueError, UnicodeDecodeError):
-                raise OciError(f"the auths entry for {registry} in {path} is not base64 of user:password") from None
-            return username, password, None, path
-        if entry.get("username") and entry.get("password"):
-            return entry["username"], entry["password"], None, path
-    return None
 
 
 def _parse_challenge(header):
@@ -171,7 +79,6 @@ def _parse_challenge(header):
     return scheme.lower(), params
 
 
-# ---------------------------------------------------------------------------------------------
 # HTTP plumbing
 
 
@@ -245,10 +152,6 @@ def _with_digest(url, digest):
     return url + ("&" if "?" in url else "?") + urllib.parse.urlencode({"digest": digest})
 
 
-# ---------------------------------------------------------------------------------------------
-# the client
-
-
 class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
     """A client for one registry (``host[:port]``). See OciStore for the operations.
 
@@ -290,8 +193,6 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
     def __repr__(self):
         return f"RegistryClient({self.registry!r}, username={self.username!r})"
 
-    # -- naming -----------------------------------------------------------------------------
-
     def _url(self, repo, kind, ref=""):
         return f"{self.base_url}/v2/{repo}/{kind}/{ref}"
 
@@ -299,8 +200,6 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         if not ref:
             return f"{self.registry}/{repo}"
         return f"{self.registry}/{repo}{'@' if is_digest(ref) else ':'}{ref}"
-
-    # -- credentials and challenges -----------------------------------------------------------
 
     def _credentials(self):
         if not self._credentials_loaded:
@@ -363,8 +262,6 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         if token is None and actions == "pull":
             token = self._bearer.get((repo, "pull,push"))  # a push token allows pulling as well
         return f"Bearer {token}" if token else None
-
-    # -- requests ---------------------------------------------------------------------------
 
     def _send(self, method, url, headers, body, auth):
         """One HTTP exchange; returns the response (also for error statuses). BODY: bytes or a callable opening one."""
@@ -453,8 +350,6 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
                 self.stats["retries"] += 1
                 self.retry.wait(attempt, exc)
 
-    # -- manifests --------------------------------------------------------------------------
-
     def resolve(self, repo, ref):
         what = f"manifest {self._name(repo, ref)}"
         response = self._request("HEAD", self._url(repo, "manifests", ref), what, repo, headers={"Accept": _ACCEPT_MANIFESTS})
@@ -526,8 +421,6 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
             return None
         url = urllib.parse.urljoin(current, match.group(1))
         return None if url == current else url
-
-    # -- blobs ------------------------------------------------------------------------------
 
     def blob_exists(self, repo, digest):
         response = self._request("HEAD", self._url(repo, "blobs", digest), f"blob {self._name(repo, digest)}", repo,
@@ -662,8 +555,6 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         else:
             cache.download(fetch, descriptor.digest, descriptor.size, **options)
         return cache.place(descriptor.digest, dest_dir, name, descriptor.size, mode=mode, link=link)
-
-    # -- referrers --------------------------------------------------------------------------
 
     @property
     def referrers_mechanism(self):

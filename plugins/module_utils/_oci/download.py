@@ -15,11 +15,8 @@ import fcntl
 import http.client
 import os
 import queue
-import random
 import re
-import socket
 import threading
-import time
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import (
     commit_file,
@@ -36,6 +33,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     UnsafePathError,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import split_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.retry import RetryPolicy, network_error
 from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file, format_digest, new_hasher
 
 # The annotation that records a file's permission bits, as an octal string such as "0755".
@@ -43,49 +41,6 @@ FILE_MODE_ANNOTATION = "io.sciops.fleet.file.mode"
 CHUNK_SIZE = 1024 * 1024
 WRITEBACK_STEP = 64 * 1024 * 1024
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
-# ---------------------------------------------------------------------------------------------
-# retries
-
-
-class RetryPolicy:
-    """Bounded retries with exponential backoff and jitter (so a fleet does not retry in lockstep)."""
-
-    def __init__(self, retries=3, backoff=1.0, max_delay=30.0, sleep=time.sleep):
-        self.retries = max(0, int(retries))
-        self.backoff = max(0.0, float(backoff))
-        self.max_delay = float(max_delay)
-        self._sleep = sleep
-
-    def delay(self, attempt, retry_after=None):
-        """Seconds to wait before retry number ATTEMPT (1-based); a server's Retry-After is honoured up to max_delay."""
-        base = min(self.max_delay, self.backoff * (2 ** (attempt - 1)))
-        delay = base * (0.5 + random.random() / 2)  # nosec - jitter, not cryptography
-        if retry_after is not None:
-            delay = max(delay, min(float(retry_after), self.max_delay))
-        return delay
-
-    def wait(self, attempt, error=None):
-        """Sleep before retry number ATTEMPT."""
-        self._sleep(self.delay(attempt, getattr(error, "retry_after", None)))
-
-
-def network_error(exc, what):
-    """A transient TransferError for a low-level network failure EXC while transferring WHAT."""
-    if isinstance(exc, TransferError):
-        return exc
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        reason = "timed out waiting for the server"
-    elif isinstance(exc, http.client.IncompleteRead):
-        reason = f"connection closed after {len(exc.partial)} more bytes"
-    else:
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return TransferError(f"{what}: {reason}", transient=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# destinations
 
 
 def _check_inside(root, path, name, dest_dir):
@@ -154,10 +109,6 @@ def parse_file_mode(text, name=None):
 def format_file_mode(mode):
     """The annotation value for permission bits MODE (an int), e.g. "0755"."""
     return f"{mode & 0o777:04o}"
-
-
-# ---------------------------------------------------------------------------------------------
-# the download routine
 
 
 class _RestartFromZero(Exception):
@@ -415,10 +366,6 @@ def download_blob(fetch, dest_dir, name, digest, size, retry=None, mode=None, pr
         if partial.fd is not None and partial.offset == 0:
             remove_quietly(partial.path)  # nothing worth resuming: leave no empty file behind
         partial.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# placing local content
 
 
 def file_matches(path, digest, size=None):

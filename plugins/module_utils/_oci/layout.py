@@ -73,8 +73,6 @@ class LayoutStore(OciStore):
     def _name(self, ref):
         return f"oci-layout:{self.path}{'@' if is_digest(ref) else ':'}{ref}"
 
-    # -- index.json ---------------------------------------------------------------------------
-
     def _read_index(self):
         path = os.path.join(self.path, "index.json")
         try:
@@ -97,8 +95,6 @@ class LayoutStore(OciStore):
             if change(manifests):
                 index["manifests"] = manifests
                 self._write_index(index)
-
-    # -- blobs ------------------------------------------------------------------------------
 
     def blob_path(self, digest):
         """Where blob DIGEST is stored in the layout."""
@@ -171,8 +167,6 @@ class LayoutStore(OciStore):
     def _count_copy(self, size):
         self.stats["blobs_downloaded"] += 1
         self.stats["bytes_downloaded"] += int(size)
-
-    # -- manifests --------------------------------------------------------------------------
 
     def resolve(self, repo, ref):
         if is_digest(ref):

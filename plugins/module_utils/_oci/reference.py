@@ -34,10 +34,6 @@ _HEX_RE = re.compile(r"^[0-9a-f]+$")
 MAX_NAME_LENGTH = 255
 
 
-# ---------------------------------------------------------------------------------------------
-# digests
-
-
 def _digest_problem(digest):
     """Why DIGEST is not a valid digest, or None when it is."""
     if not isinstance(digest, str) or ":" not in digest:
@@ -69,10 +65,6 @@ def referrers_tag(digest):
     """The referrers tag schema tag of DIGEST: ``<alg>-<hex>``, hex cut to 64 characters per the spec."""
     algorithm, encoded = split_digest(digest)
     return f"{algorithm}-{encoded[:64]}"
-
-
-# ---------------------------------------------------------------------------------------------
-# references
 
 
 def validate_repository(name, text=None):
