@@ -18,15 +18,19 @@ import shutil
 import tempfile
 import time
 
-from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file, tree_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
-from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import ArchiveError
-from ansible_collections.sciops.fleet.plugins.module_utils._common.archive import extract_tar
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
     start_and_check,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError, render_sections
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import MachineError, UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.machine_image import (
+    detect_format,
+    extract_image,
+    file_identity,
+    image_digest,
+)
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import render_sections
 
 SETTINGS_HEADER = "# Managed by sciops.fleet.nspawn_container; local changes are overwritten on the next run."
 SETTINGS_ORDER = ("Exec", "Files", "Network")
@@ -63,10 +67,6 @@ _MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _PLAIN_ARG_RE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BIND_RE = re.compile(r"^[^\s:]+(:[^\s:]+(:[A-Za-z0-9,]+)?)?$")
-
-
-class MachineError(UnitError):
-    """A machine could not be installed, configured or run; ``str()`` is the user-facing message."""
 
 
 def validate_name(name):
@@ -141,72 +141,6 @@ def render_settings(sections):
     return render_sections(sections, order, SETTINGS_HEADER)
 
 
-# --------------------------------------------------------------------------------------------
-# images
-
-
-def detect_format(path):
-    """``directory``, ``squashfs`` or ``tar`` (plain or compressed with gzip, bzip2, xz or zstd), from the content."""
-    if os.path.isdir(path):
-        return "directory"
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(512)
-    except FileNotFoundError:
-        raise MachineError(f"image {path} does not exist on the node") from None
-    except OSError as exc:
-        raise MachineError(f"image {path} cannot be read: {exc.strerror}") from None
-    if head[:4] == b"hsqs":
-        return "squashfs"
-    compressed = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
-    if head.startswith(compressed) or head[257:262] == b"ustar":
-        return "tar"
-    raise MachineError(f"image {path} is neither a directory, a squashfs image nor a tar archive; "
-                       "set image_format if it is one of them")
-
-
-def extract_image(image, image_format, dest, run_tool, which, scratch_dir):
-    """Fill the empty directory DEST with IMAGE's tree (a directory, a tar archive or a squashfs image), owners,
-    modes and special files kept. A squashfs image needs unsquashfs, or squashfuse (mounted in a temporary
-    directory under SCRATCH_DIR and copied). RUN_TOOL(argv, what) raises on failure; WHICH(name) finds a tool."""
-    if image_format == "directory":
-        run_tool(["cp", "-a", "--", os.path.join(image, "."), dest], f"copying {image}")
-    elif image_format == "tar":
-        try:
-            extract_tar(image, dest, tree=True)
-        except ArchiveError as exc:
-            raise MachineError(f"extracting {image}: {exc}") from None
-    elif which("unsquashfs"):
-        # unsquashfs creates the destination itself.
-        os.rmdir(dest)
-        run_tool([which("unsquashfs"), "-no-progress", "-dest", dest, image], f"unsquashfs {image}")
-    elif which("squashfuse"):
-        mountpoint = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.mnt-", dir=scratch_dir)
-        try:
-            run_tool([which("squashfuse"), image, mountpoint], f"squashfuse {image}")
-            try:
-                run_tool(["cp", "-a", "--", os.path.join(mountpoint, "."), dest], f"copying {image}")
-            finally:
-                unmount = which("fusermount3") or which("fusermount")
-                run_tool([unmount, "-u", mountpoint] if unmount else ["umount", mountpoint], f"unmounting {mountpoint}")
-        finally:
-            try:
-                os.rmdir(mountpoint)
-            except OSError:
-                pass
-    else:
-        raise MachineError(f"image {image} is a squashfs image, and this node has neither unsquashfs "
-                           "(squashfs-tools) nor squashfuse to read it; install one, or use a tarball")
-
-
-def file_identity(path):
-    """``[size, mtime_ns, inode]`` of file PATH: unchanged only if nobody rewrote or replaced the file."""
-    info = os.stat(path)
-    return [info.st_size, info.st_mtime_ns, info.st_ino]
-
-
-def image_digest(path, image_format):
-    return tree_digest(path) if image_format == "directory" else digest_file(path)[0]
 
 
 class Machine:
@@ -248,7 +182,6 @@ class Machine:
     def running(self):
         return self.systemd.is_active(self.unit) in ("active", "activating", "reloading")
 
-    # ------------------------------------------------------------------------------------------
     def apply(self):
         try:
             self._apply()
@@ -321,7 +254,6 @@ class Machine:
                 self.systemd.ctl("disable", "--", self.unit)
         self.result["enabled_changed"] = True
 
-    # ------------------------------------------------------------------------------------------
     def _write_settings(self):
         text = render_settings(settings_sections(self.params))
         try:
@@ -407,7 +339,6 @@ class Machine:
         """Fill the empty directory DEST with IMAGE's tree, owners, modes and special files kept."""
         extract_image(image, image_format, dest, self.run_tool, self.which, self.params["machines_dir"])
 
-    # ------------------------------------------------------------------------------------------
     def _remove(self):
         if self.running():
             self._ctl("stop")

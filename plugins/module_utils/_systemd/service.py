@@ -176,7 +176,6 @@ class ServiceUnit:
             "exposure": None, "exposure_rating": None, "removed": False,
         }
 
-    # ------------------------------------------------------------------------------------------
     def run(self):
         try:
             return self._run()
@@ -208,7 +207,6 @@ class ServiceUnit:
         )
         return self.result
 
-    # ------------------------------------------------------------------------------------------
     def _remove(self):
         """state=absent: stop and disable the unit (or the template's instances), then remove its file (or the
         drop-in), reload systemd and forget what the instances were started with."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import re
 
-from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file, digest_text
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import UnitError
 
 UNIT_TYPES = ("service", "socket", "timer", "mount", "automount", "path", "target", "slice", "swap")
 
@@ -31,13 +31,6 @@ _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 _SECTION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9 _.-]*$")
 _DROPIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]*\.conf$")
 _EXPOSURE_RE = re.compile(r"Overall exposure level for (?P<unit>\S+):\s*(?P<score>\d+(?:\.\d+)?)\s+(?P<rating>[A-Z]+)")
-
-
-class UnitError(FleetError):
-    """A unit could not be written, verified, enabled or started; ``str()`` is the user-facing message.
-
-    ``details`` holds what the module adds to its failure result (unit state, journal lines, systemd's output).
-    """
 
 
 class UnitName:
