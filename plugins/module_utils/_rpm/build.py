@@ -1,8 +1,8 @@
 # Copyright (c) sciops.fleet contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module is private to sciops.fleet; its API may change without notice.
-"""Build host side of RPM packaging: run rpmbuild reproducibly in a scratch directory, sign, move into place,
-and keep repository metadata with createrepo_c.
+"""Build host side of RPM packaging: run rpmbuild reproducibly in a scratch directory, sign, move into place.
+(``_rpm/repo.py`` reads repositories.)
 
 Every tool runs through RUN, a callable ``run(argv, env=None) -> (rc, stdout, stderr)`` (AnsibleModule's
 run_command in the modules), so nothing here needs Ansible.
@@ -20,7 +20,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import fsync_dir, link_unsupported
 from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm.spec import package_changelog, plan_packages, render_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.spec import plan_packages
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.specfile import evr, package_changelog, render_spec
 
 COMPRESSION_DEFAULT_LEVEL = {"zstd": 3, "xz": 6, "gzip": 6, "none": 0}
 # rpm's payload I/O names; 'T0' lets zstd and xz use a thread per CPU.
@@ -229,7 +230,7 @@ def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="z
             if digest is None:  # signed: the bytes that stay are the kept package's, or the newly signed ones
                 digest = digest_file(final if unchanged else built)
             results.append({"name": name, "file": file_name, "path": final, "changed": not unchanged,
-                            "nevra": f"{name}-{_evr(package)}.{spec['arch']}", "version": package["version"],
+                            "nevra": f"{name}-{evr(package)}.{spec['arch']}", "version": package["version"],
                             "release": package["release"], "epoch": package["epoch"],
                             "source_date_epoch": epochs[name], "digest": digest[0], "size": digest[1],
                             "_built": built})
@@ -249,17 +250,12 @@ def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="z
 
 def _predicted(spec, dest, epochs):
     packages = [{"name": p["name"], "file": f"{p['name']}-{p['version']}-{p['release']}.{spec['arch']}.rpm",
-                 "changed": True, "nevra": f"{p['name']}-{_evr(p)}.{spec['arch']}", "version": p["version"],
+                 "changed": True, "nevra": f"{p['name']}-{evr(p)}.{spec['arch']}", "version": p["version"],
                  "release": p["release"], "epoch": p["epoch"], "digest": None, "size": None,
                  "source_date_epoch": epochs[p["name"]]} for p in spec["packages"]]
     for entry in packages:
         entry["path"] = os.path.join(dest, entry["file"])
     return {"changed": True, "packages": packages, "spec_text": ""}
-
-
-def _evr(package):
-    epoch = f"{package['epoch']}:" if package["epoch"] is not None else ""
-    return f"{epoch}{package['version']}-{package['release']}"
 
 
 def _date_epoch(date):
@@ -284,50 +280,3 @@ def sign_package(run, path, key, gpg_home=None):
     if rc != 0:
         raise RpmBuildError(f"signing {os.path.basename(path)} with key {key} failed (exit {rc}): {_tail(err or out)}; "
                             "check sign_key and gpg_home, and that the key needs no passphrase prompt")
-
-
-# -- repositories ----------------------------------------------------------------------------------
-
-
-def repo_state(path):
-    """What a repository's metadata says: the repomd.xml bytes' digest, or None when there is none."""
-    repomd = os.path.join(path, "repodata", "repomd.xml")
-    return digest_file(repomd)[0] if os.path.isfile(repomd) else None
-
-
-def list_packages(path):
-    """RPM files below PATH (relative, sorted) and their sizes and modification times, as createrepo_c sees them."""
-    found = {}
-    for base, dirs, names in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d not in ("repodata", ".repodata") and not d.startswith("."))
-        for name in names:
-            if name.endswith(".rpm") and not name.startswith("."):
-                full = os.path.join(base, name)
-                info = os.stat(full)
-                found[os.path.relpath(full, path)] = (info.st_size, int(info.st_mtime))
-    return dict(sorted(found.items()))
-
-
-def primary_packages(run, path):
-    """The packages repository metadata at PATH lists, as relative locations, read back with createrepo_c's own
-    output (repodata/*primary.xml*)."""
-    import glob  # pylint: disable=import-outside-toplevel
-    import gzip  # pylint: disable=import-outside-toplevel
-    import re  # pylint: disable=import-outside-toplevel
-    matches = sorted(glob.glob(os.path.join(path, "repodata", "*primary.xml*")))
-    locations = []
-    for match in matches:
-        if match.endswith(".gz"):
-            with gzip.open(match, "rt", encoding="utf-8") as handle:
-                text = handle.read()
-        elif match.endswith(".zst"):
-            rc, text, err = run(["zstd", "-dc", match])
-            if rc != 0:
-                raise RpmBuildError(f"cannot read {match}: {err.strip()}")
-        elif match.endswith(".xml"):
-            with open(match, encoding="utf-8") as handle:
-                text = handle.read()
-        else:
-            continue
-        locations += re.findall(r'<location href="([^"]+)"', text)
-    return sorted(set(locations))
