@@ -54,8 +54,6 @@ class ArtifactCopy:
         self._blobs_done = set()
         self._scratch = None
 
-    # -- what the destination has -------------------------------------------------------------
-
     def destination_has(self, digest):
         """True when the destination holds manifest DIGEST."""
         if self.same_repository:
@@ -77,8 +75,6 @@ class ArtifactCopy:
         if self.same_repository:
             return False
         return isinstance(self.destination, LayoutStore) or not self.destination_has(digest)
-
-    # -- copying ------------------------------------------------------------------------------
 
     def copy_children(self, digest, data):
         """Make sure everything the manifest DATA (digest DIGEST) points to is at the destination."""

@@ -80,10 +80,6 @@ def attach(store, repo, subject, files, artifact_type, annotations=None, check_m
     return outcome
 
 
-# ---------------------------------------------------------------------------------------------
-# discovery
-
-
 def _matches(annotations, wanted):
     return all(annotations.get(key) == value for key, value in wanted.items())
 
