@@ -141,8 +141,6 @@ def render_settings(sections):
     return render_sections(sections, order, SETTINGS_HEADER)
 
 
-
-
 class Machine:
     """One run of the nspawn_container module. SYSTEMD is a ``_systemd.manager.Systemd``; RUN runs a command."""
 
