@@ -353,7 +353,8 @@ def _open_archive(path, archive):
     return tarfile.open(fileobj=process.stdout, mode="r|"), process
 
 
-def extract_tar(path, dest, tree=False, name=None, inside="the destination"):
+def extract_tar(path: str, dest: str, tree: bool = False, name: str | None = None,
+                inside: str = "the destination") -> int:
     """Extract the tar archive PATH into the existing directory DEST, refusing any member that could land or
     lead outside it (see the module docstring; TREE selects the operating-system-tree policy).
 
