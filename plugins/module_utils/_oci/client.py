@@ -20,9 +20,10 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Any, Callable, List, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.credentials import docker_credentials
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import download_blob
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import BlobCache, download_blob
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     AuthError,
     DigestMismatchError,
@@ -36,6 +37,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import La
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.retry import RetryPolicy, network_error
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import (
     HOST_RE,
+    Reference,
     is_digest,
     parse_reference,
     referrers_tag,
@@ -161,8 +163,10 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
     TIMEOUT applies to each connect and read; RETRIES/BACKOFF bound the retries of transient failures.
     """
 
-    def __init__(self, registry, username=None, password=None, docker_config=None, ca_file=None, validate_certs=True,
-                 plain_http=False, timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES, backoff=1.0, chunk_size=DEFAULT_CHUNK_SIZE):
+    def __init__(self, registry: str, username: str | None = None, password: str | None = None,
+                 docker_config: str | None = None, ca_file: str | None = None, validate_certs: bool = True,
+                 plain_http: bool = False, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
+                 backoff: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
         super().__init__()
         if not HOST_RE.match(registry or ""):
             raise OciError(f"{registry!r} is not a registry host[:port]")
@@ -190,7 +194,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
             handlers.append(urllib.request.HTTPSHandler(context=context))
         self._opener = urllib.request.build_opener(*handlers)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"RegistryClient({self.registry!r}, username={self.username!r})"
 
     def _url(self, repo, kind, ref=""):
@@ -350,7 +354,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
                 self.stats["retries"] += 1
                 self.retry.wait(attempt, exc)
 
-    def resolve(self, repo, ref):
+    def resolve(self, repo: str, ref: str) -> Descriptor:
         what = f"manifest {self._name(repo, ref)}"
         response = self._request("HEAD", self._url(repo, "manifests", ref), what, repo, headers={"Accept": _ACCEPT_MANIFESTS})
         digest = ref if is_digest(ref) else response.headers.get("Docker-Content-Digest")
@@ -362,7 +366,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
             size = len(data)
         return Descriptor(media_type, digest, int(size))
 
-    def get_manifest(self, repo, ref):
+    def get_manifest(self, repo: str, ref: str) -> Tuple[bytes, str, str]:
         what = f"manifest {self._name(repo, ref)}"
         response = self._request("GET", self._url(repo, "manifests", ref), what, repo, headers={"Accept": _ACCEPT_MANIFESTS})
         data = response.body
@@ -376,7 +380,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
             media_type = parse_manifest(data, what).get("mediaType") or media_type
         return data, digest, media_type
 
-    def put_manifest(self, repo, ref, data, media_type):
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
         algorithm = split_digest(ref)[0] if is_digest(ref) else "sha256"
         digest = digest_bytes(data, algorithm)
         what = f"manifest {self._name(repo, ref)}"
@@ -392,12 +396,12 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
             self.add_referrer_to_tag_index(repo, subject.digest, referrer_descriptor(data, digest, media_type))
         return digest
 
-    def delete_manifest(self, repo, ref):
+    def delete_manifest(self, repo: str, ref: str) -> None:
         digest = ref if is_digest(ref) else self.resolve(repo, ref).digest
         self._request("DELETE", self._url(repo, "manifests", digest), f"manifest {self._name(repo, digest)}", repo,
                       "delete", expect=(200, 202))
 
-    def list_tags(self, repo):
+    def list_tags(self, repo: str) -> List[str]:
         url = f"{self.base_url}/v2/{repo}/tags/list?n=1000"
         tags = []
         for page in range(_MAX_PAGES):
@@ -422,7 +426,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         url = urllib.parse.urljoin(current, match.group(1))
         return None if url == current else url
 
-    def blob_exists(self, repo, digest):
+    def blob_exists(self, repo: str, digest: str) -> bool:
         response = self._request("HEAD", self._url(repo, "blobs", digest), f"blob {self._name(repo, digest)}", repo,
                                  expect=(200, 404))
         return response.status == 200
@@ -480,7 +484,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         self._request("PUT", _with_digest(location, digest), what, repo, "pull,push",
                       headers={**octet, "Content-Length": "0"}, body=b"", expect=(201,), retry=False)
 
-    def push_blob(self, repo, source, digest, size):
+    def push_blob(self, repo: str, source: str | bytes, digest: str, size: int) -> bool:
         what = f"blob {self._name(repo, digest)}"
         split_digest(digest)
         actual_size = len(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.path.getsize(source)
@@ -507,7 +511,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         self.stats["bytes_uploaded"] += int(size)
         return True
 
-    def mount_blob(self, repo, digest, from_repo):
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Mount blob DIGEST from FROM_REPO into REPO on this registry; False when the registry declined (202)."""
         what = f"blob {self._name(repo, digest)} (mount from {from_repo})"
         url = f"{self.base_url}/v2/{repo}/blobs/uploads/?" + urllib.parse.urlencode({"mount": digest, "from": from_repo})
@@ -526,13 +530,13 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
                 pass
         return False
 
-    def open_blob(self, repo, digest, offset=0):
+    def open_blob(self, repo: str, digest: str, offset: int = 0) -> Any:
         """The open response for blob DIGEST from byte OFFSET (a Range request when OFFSET > 0); one attempt."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         return self._request("GET", self._url(repo, "blobs", digest), f"blob {self._name(repo, digest)}", repo,
                              headers=headers, expect=(200, 206), stream=True, retry=False)
 
-    def read_blob(self, repo, digest, max_size=MAX_MANIFEST_SIZE):
+    def read_blob(self, repo: str, digest: str, max_size: int = MAX_MANIFEST_SIZE) -> bytes:
         what = f"blob {self._name(repo, digest)}"
         data = self._request("GET", self._url(repo, "blobs", digest), what, repo, limit=max_size).body
         actual = digest_bytes(data, split_digest(digest)[0])
@@ -541,7 +545,9 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         self.stats["bytes_downloaded"] += len(data)
         return data
 
-    def fetch_blob_to(self, repo, descriptor, dest_dir, name, mode=None, progress=None, cache=None, link=False):
+    def fetch_blob_to(self, repo: str, descriptor: Descriptor, dest_dir: str, name: str, mode: int | None = None,
+                      progress: Callable[[int, int], None] | None = None, cache: BlobCache | None = None,
+                      link: bool = False) -> str:
         what = f"blob {self._name(repo, descriptor.digest)}"
 
         def fetch(offset):
@@ -557,13 +563,13 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         return cache.place(descriptor.digest, dest_dir, name, descriptor.size, mode=mode, link=link)
 
     @property
-    def referrers_mechanism(self):
+    def referrers_mechanism(self) -> str | None:
         """How referrers were found: ``api`` (OCI 1.1 referrers API), ``tag_schema``, or None before a lookup."""
         if self._referrers_api is None:
             return None
         return "api" if self._referrers_api else "tag_schema"
 
-    def referrers(self, repo, digest, artifact_type=None):
+    def referrers(self, repo: str, digest: str, artifact_type: str | None = None) -> List[Descriptor]:
         split_digest(digest)
         if self._referrers_api is not False:
             found = self._referrers_from_api(repo, digest, artifact_type)
@@ -598,7 +604,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
                 break
         return found if filtered else filter_referrers(found, artifact_type)
 
-    def add_referrer_to_tag_index(self, repo, subject_digest, descriptor):
+    def add_referrer_to_tag_index(self, repo: str, subject_digest: str, descriptor: Descriptor) -> bool:
         """List DESCRIPTOR in the referrers tag schema index of SUBJECT_DIGEST; False when it was listed already."""
         tag = referrers_tag(subject_digest)
         try:
@@ -614,7 +620,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         return True
 
 
-def open_store(reference, create_layout=False, **registry_options):
+def open_store(reference: Reference | str, create_layout: bool = False, **registry_options: Any) -> OciStore:
     """The store a reference lives in: a LayoutStore for ``oci-layout:``, else a RegistryClient.
 
     REFERENCE is a Reference or its text. REGISTRY_OPTIONS go to RegistryClient (username, password,

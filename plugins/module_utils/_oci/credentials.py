@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import urllib.parse
+from typing import Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 
@@ -60,7 +61,8 @@ def _run_credential_helper(helper, registry, config_path):
         raise OciError(f"credential helper {command} gave an answer for {registry} that is not the expected JSON") from None
 
 
-def docker_credentials(registry, docker_config=None):
+def docker_credentials(registry: str,
+                       docker_config: str | None = None) -> Tuple[str | None, str | None, str | None, str] | None:
     """Credentials for REGISTRY from a docker config.json: ``(username, password, identity_token, source)`` or None.
 
     Order as in docker: ``credHelpers[registry]``, else ``credsStore``, else the ``auths`` entry (``auth`` is

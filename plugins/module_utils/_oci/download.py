@@ -17,6 +17,7 @@ import os
 import queue
 import re
 import threading
+from typing import Any, Callable, Dict, List
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import (
     commit_file,
@@ -48,7 +49,7 @@ def _check_inside(root, path, name, dest_dir):
         raise UnsafePathError(name, dest_dir, f"it resolves to {path}, outside the destination (through a symlink)")
 
 
-def name_parts(name, dest_dir=None):
+def name_parts(name: str, dest_dir: str | None = None) -> List[str]:
     """The components of file NAME (relative, '/'-separated), or UnsafePathError when it could leave DEST_DIR."""
     if not isinstance(name, str) or not name.strip():
         raise UnsafePathError(name, dest_dir, "the name is empty")
@@ -65,7 +66,7 @@ def name_parts(name, dest_dir=None):
     return parts
 
 
-def safe_destination(dest_dir, name, create=True):
+def safe_destination(dest_dir: str, name: str, create: bool = True) -> str:
     """The absolute path for file NAME (relative, '/'-separated) under DEST_DIR; parent directories are created
     unless CREATE is false (check mode).
 
@@ -87,7 +88,7 @@ def safe_destination(dest_dir, name, create=True):
     return final
 
 
-def parse_file_mode(text, name=None):
+def parse_file_mode(text: str | None, name: str | None = None) -> int | None:
     """Permission bits from a recorded octal mode string ("0755", "644"); None when TEXT is None.
 
     Only the 0777 bits are accepted: set-id and sticky bits are never restored from an artifact.
@@ -106,7 +107,7 @@ def parse_file_mode(text, name=None):
     return int(value, 8)
 
 
-def format_file_mode(mode):
+def format_file_mode(mode: int) -> str:
     """The annotation value for permission bits MODE (an int), e.g. "0755"."""
     return f"{mode & 0o777:04o}"
 
@@ -304,7 +305,10 @@ def _receive(partial, response, what, stats, progress):
             raise SizeMismatchError(what, size, f"more than {size}")
 
 
-def download_blob(fetch, dest_dir, name, digest, size, retry=None, mode=None, progress=None, stats=None, what=None):
+def download_blob(fetch: Callable[[int], Any], dest_dir: str, name: str, digest: str, size: int,
+                  retry: RetryPolicy | None = None, mode: int | None = None,
+                  progress: Callable[[int, int], None] | None = None, stats: Dict[str, int] | None = None,
+                  what: str | None = None) -> str:
     """Download a blob to DEST_DIR/NAME, verified; return the final path.
 
     FETCH(offset) opens the blob at byte OFFSET (sending ``Range: bytes=OFFSET-`` when OFFSET > 0) and returns a
@@ -368,7 +372,7 @@ def download_blob(fetch, dest_dir, name, digest, size, retry=None, mode=None, pr
         partial.close()
 
 
-def file_matches(path, digest, size=None):
+def file_matches(path: str, digest: str, size: int | None = None) -> bool:
     """True when PATH is a regular file holding exactly blob DIGEST (and SIZE): nothing to transfer."""
     try:
         if not os.path.isfile(path) or os.path.islink(path):
@@ -407,7 +411,8 @@ def _verified_copy(src, final, digest, size, mode, what):
     commit_file(fd, tmp, final, mode)
 
 
-def place_blob(src, dest_dir, name, digest, size=None, mode=None, link=False, what=None):
+def place_blob(src: str, dest_dir: str, name: str, digest: str, size: int | None = None, mode: int | None = None,
+               link: bool = False, what: str | None = None) -> str:
     """Place the local file SRC holding blob DIGEST at DEST_DIR/NAME atomically; return the final path.
 
     With LINK, a hard link is made when SRC is on the same file system and MODE is None or already SRC's mode
@@ -447,15 +452,15 @@ class BlobCache:
     way), or hard-linked when the caller asks for it.
     """
 
-    def __init__(self, root):
+    def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
 
-    def path_for(self, digest):
+    def path_for(self, digest: str) -> str:
         """Where DIGEST is (or would be) stored."""
         algorithm, encoded = split_digest(digest)
         return os.path.join(self.root, "blobs", algorithm, encoded)
 
-    def has(self, digest, size=None, verify=False):
+    def has(self, digest: str, size: int | None = None, verify: bool = False) -> bool:
         """True when DIGEST is cached (with SIZE when given); VERIFY re-hashes it. A damaged entry is removed."""
         path = self.path_for(digest)
         try:
@@ -475,7 +480,7 @@ class BlobCache:
         os.makedirs(directory, exist_ok=True)
         return directory
 
-    def put_from(self, path, digest, size=None, verify=False):
+    def put_from(self, path: str, digest: str, size: int | None = None, verify: bool = False) -> str:
         """Add file PATH as DIGEST and return the cache path: a hard link to PATH (trusted as verified) when
         possible, else a verified copy; VERIFY always copies and verifies (for untrusted sources)."""
         if self.has(digest, size):
@@ -483,13 +488,14 @@ class BlobCache:
         name = os.path.basename(self.path_for(digest))
         return place_blob(path, self._directory(digest), name, digest, size, link=not verify)
 
-    def download(self, fetch, digest, size, **kwargs):
+    def download(self, fetch: Callable[[int], Any], digest: str, size: int, **kwargs: Any) -> str:
         """Download DIGEST into the cache with download_blob (same arguments) unless present; return its path."""
         if self.has(digest, size):
             return self.path_for(digest)
         return download_blob(fetch, self._directory(digest), os.path.basename(self.path_for(digest)), digest, size, **kwargs)
 
-    def place(self, digest, dest_dir, name, size=None, mode=None, link=False):
+    def place(self, digest: str, dest_dir: str, name: str, size: int | None = None, mode: int | None = None,
+              link: bool = False) -> str:
         """Place cached DIGEST at DEST_DIR/NAME (see place_blob): a verified copy, or with LINK a hard link.
 
         A hard link shares the cache entry's inode, so a pulled file edited in place would damage the cache;

@@ -10,6 +10,7 @@ import http.client
 import random
 import socket
 import time
+from typing import Callable
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import TransferError
 
@@ -17,13 +18,14 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import Tr
 class RetryPolicy:
     """Bounded retries with exponential backoff and jitter (so a fleet does not retry in lockstep)."""
 
-    def __init__(self, retries=3, backoff=1.0, max_delay=30.0, sleep=time.sleep):
+    def __init__(self, retries: int = 3, backoff: float = 1.0, max_delay: float = 30.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.retries = max(0, int(retries))
         self.backoff = max(0.0, float(backoff))
         self.max_delay = float(max_delay)
         self._sleep = sleep
 
-    def delay(self, attempt, retry_after=None):
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number ATTEMPT (1-based); a server's Retry-After is honoured up to max_delay."""
         base = min(self.max_delay, self.backoff * (2 ** (attempt - 1)))
         delay = base * (0.5 + random.random() / 2)  # nosec - jitter, not cryptography
@@ -31,12 +33,12 @@ class RetryPolicy:
             delay = max(delay, min(float(retry_after), self.max_delay))
         return delay
 
-    def wait(self, attempt, error=None):
+    def wait(self, attempt: int, error: BaseException | None = None) -> None:
         """Sleep before retry number ATTEMPT."""
         self._sleep(self.delay(attempt, getattr(error, "retry_after", None)))
 
 
-def network_error(exc, what):
+def network_error(exc: BaseException, what: str) -> TransferError:
     """A transient TransferError for a low-level network failure EXC while transferring WHAT."""
     if isinstance(exc, TransferError):
         return exc
