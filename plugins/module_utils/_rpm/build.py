@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import tempfile
+from typing import Any, Callable, Dict, List, Mapping, Set, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 
@@ -33,7 +34,7 @@ class RpmBuildError(FleetError):
     """A tool failed or the destination cannot take the packages; the message says which and why."""
 
 
-def payload_macro(compression, level=None):
+def payload_macro(compression: str, level: int | None = None) -> str:
     """The %_binary_payload value for COMPRESSION at LEVEL (the default level when None)."""
     if compression not in _PAYLOAD:
         raise RpmBuildError(f"compression must be one of {', '.join(_PAYLOAD)}, not {compression!r}")
@@ -44,7 +45,8 @@ def payload_macro(compression, level=None):
     return _PAYLOAD[compression].format(level=level)
 
 
-def rpmbuild_defines(topdir, source_date_epoch, compression="zstd", level=None, strip=False, debuginfo=False):
+def rpmbuild_defines(topdir: str, source_date_epoch: int, compression: str = "zstd", level: int | None = None,
+                     strip: bool = False, debuginfo: bool = False) -> List[str]:
     """The --define arguments that make rpmbuild fast for prebuilt binaries and its output reproducible."""
     defines = {
         "_topdir": topdir,
@@ -70,7 +72,7 @@ def rpmbuild_defines(topdir, source_date_epoch, compression="zstd", level=None, 
     return args
 
 
-def query_package(run, path):
+def query_package(run: Callable[..., Tuple[int, str, str]], path: str) -> Dict[str, str]:
     """Header facts of the RPM at PATH: name, epoch, version, release, arch, header and payload digests, signature."""
     rc, out, err = run(["rpm", "-qp", "--nosignature", "--nodigest", "--qf", QUERY_FORMAT, path])
     if rc != 0 or not out.strip():
@@ -95,7 +97,7 @@ def _same_package(run, old, new, new_digest, key_ids):
     return same and signature_key_id(before["signature"]) in key_ids
 
 
-def signature_key_id(signature):
+def signature_key_id(signature: str | None) -> str:
     """The key id in rpm's ``%{RSAHEADER:pgpsig}`` text (``RSA/SHA256, <date>, Key ID 0123456789abcdef``), lower
     case; empty when there is none."""
     found = re.search(r"Key ID ([0-9A-Fa-f]+)", signature or "")
@@ -109,7 +111,7 @@ def _gpg():
     return gpg
 
 
-def signing_key_ids(run, key, gpg_home=None):
+def signing_key_ids(run: Callable[..., Tuple[int, str, str]], key: str, gpg_home: str | None = None) -> Set[str]:
     """The long key ids (lower case) of the secret key KEY (a user id, fingerprint, long or short id) and its
     subkeys, as gpg resolves KEY when it signs: a signature by any of them is a signature by KEY."""
     argv = [_gpg(), "--batch", "--with-colons", "--list-secret-keys", "--", key]
@@ -124,7 +126,8 @@ def signing_key_ids(run, key, gpg_home=None):
     return ids | {key_id[-8:] for key_id in ids}
 
 
-def package_source_date_epoch(spec, package, plan, tree, given=None):
+def package_source_date_epoch(spec: Mapping[str, Any], package: Mapping[str, Any], plan: Mapping[str, Any], tree: str,
+                              given: int | None = None) -> int:
     """SOURCE_DATE_EPOCH of PACKAGE: GIVEN, else its newest changelog date, else its newest file in TREE."""
     if given is not None:
         return given
@@ -137,7 +140,7 @@ def package_source_date_epoch(spec, package, plan, tree, given=None):
     return newest
 
 
-def stage_package(tree, entry, root, copy=False):
+def stage_package(tree: str, entry: Mapping[str, Any], root: str, copy: bool = False) -> None:
     """Lay PACKAGE's files (ENTRY of the plan) out under ROOT as hard links to TREE (copies when COPY or when a
     link is impossible), directories with the tree's modes."""
     def make_dir(relative):
@@ -168,8 +171,10 @@ def stage_package(tree, entry, root, copy=False):
         shutil.copy2(source, target)
 
 
-def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="zstd", level=None, strip=False,
-                   debuginfo=False, sign_key=None, gpg_home=None, check_mode=False):
+def build_packages(run: Callable[..., Tuple[int, str, str]], spec: Mapping[str, Any], tree: str, dest: str,
+                   source_date_epoch: int | None = None, compression: str = "zstd", level: int | None = None,
+                   strip: bool = False, debuginfo: bool = False, sign_key: str | None = None,
+                   gpg_home: str | None = None, check_mode: bool = False) -> Dict[str, Any]:
     """Build SPEC's packages from TREE into DEST; return a dict: changed, packages (per package its file, digest,
     nevra, changed, source_date_epoch), spec_text (every spec file written).
 
@@ -268,7 +273,7 @@ def _tail(text, lines=12):
     return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip()) or "(no output)"
 
 
-def sign_package(run, path, key, gpg_home=None):
+def sign_package(run: Callable[..., Tuple[int, str, str]], path: str, key: str, gpg_home: str | None = None) -> None:
     """Sign the RPM at PATH with gpg key KEY (rpmsign --addsign); the key must not ask for a passphrase."""
     gpg = _gpg()
     # rpm's %__gpg names gpg2 on some systems and gpg on others: give it the one that is here.

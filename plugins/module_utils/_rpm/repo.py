@@ -9,18 +9,19 @@ Every tool runs through RUN, ``run(argv, env=None) -> (rc, stdout, stderr)``, as
 from __future__ import annotations
 
 import os
+from typing import Callable, Dict, List, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file
 from ansible_collections.sciops.fleet.plugins.module_utils._rpm.build import RpmBuildError
 
 
-def repo_state(path):
+def repo_state(path: str) -> str | None:
     """What a repository's metadata says: the repomd.xml bytes' digest, or None when there is none."""
     repomd = os.path.join(path, "repodata", "repomd.xml")
     return digest_file(repomd)[0] if os.path.isfile(repomd) else None
 
 
-def list_packages(path):
+def list_packages(path: str) -> Dict[str, Tuple[int, int]]:
     """RPM files below PATH (relative, sorted) and their sizes and modification times, as createrepo_c sees them."""
     found = {}
     for base, dirs, names in os.walk(path):
@@ -33,7 +34,7 @@ def list_packages(path):
     return dict(sorted(found.items()))
 
 
-def primary_packages(run, path):
+def primary_packages(run: Callable[..., Tuple[int, str, str]], path: str) -> List[str]:
     """The packages repository metadata at PATH lists, as relative locations, read back with createrepo_c's own
     output (repodata/*primary.xml*)."""
     import glob  # pylint: disable=import-outside-toplevel

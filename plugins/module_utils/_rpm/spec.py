@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import InvalidDocumentError
 
@@ -82,11 +83,11 @@ var/tmp tmp
 class SpecError(InvalidDocumentError):
     """The package spec or the tree is not valid; the message lists every problem, one per field."""
 
-    def __init__(self, problems):
+    def __init__(self, problems: Iterable[str]) -> None:
         super().__init__("rpm_build spec", problems)
 
 
-def pattern_regex(pattern):
+def pattern_regex(pattern: str) -> re.Pattern[str]:
     """A regex for a path pattern relative to the tree: ``*`` within a name, ``**`` across directories.
 
     A pattern also matches everything below what it names, so ``opt/qserv/lib`` takes the whole directory.
@@ -124,7 +125,7 @@ def _tree_path(check, value, field):
     return value.rstrip("/")
 
 
-def validate_spec(data, host_arch="x86_64"):
+def validate_spec(data: Any, host_arch: str = "x86_64") -> Dict[str, Any]:
     """Validate a package spec (a dict); return its normal form or raise SpecError listing every problem."""
     check = Checker()
     if not isinstance(data, dict):
@@ -287,7 +288,7 @@ def _release(check, data, field):
         return None
 
 
-def scan_tree(tree):
+def scan_tree(tree: str) -> Tuple[List[str], List[str]]:
     """``(files, dirs)`` of TREE as sorted relative paths: files include symbolic links (also to directories)."""
     files, dirs = [], []
     for base, subdirs, names in os.walk(tree):
@@ -302,7 +303,7 @@ def scan_tree(tree):
     return sorted(files), sorted(dirs)
 
 
-def plan_packages(spec, tree):
+def plan_packages(spec: Mapping[str, Any], tree: str) -> Dict[str, Dict[str, Any]]:
     """Split TREE among SPEC's packages: per package its files and the directories it owns, with attributes.
 
     Raises SpecError naming every file in two packages, in none, or not allowed in a %files list.

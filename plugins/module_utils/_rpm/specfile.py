@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any, Dict, List, Mapping
 
 from ansible_collections.sciops.fleet.plugins.module_utils._rpm.spec import DEP_KINDS, SCRIPT_KINDS, pattern_regex
 
 
-def evr(package):
+def evr(package: Mapping[str, Any]) -> str:
     """``[E:]V-R`` of a validated package."""
     epoch = f"{package['epoch']}:" if package["epoch"] is not None else ""
     return f"{epoch}{package['version']}-{package['release']}"
@@ -69,7 +70,7 @@ def _wrap(text, width=79):
     return "\n".join(out)
 
 
-def package_changelog(spec, package):
+def package_changelog(spec: Mapping[str, Any], package: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """The changelog entries of PACKAGE: its own; else the spec's when it shares the spec's version; else none
     (a package versioned on its own, such as the dependencies, must not change when the application's log does)."""
     if package["changelog"]:
@@ -97,7 +98,8 @@ def _escape(text):
     return str(text).replace("%", "%%")
 
 
-def render_spec(spec, plan, tree, package, source_date_epoch, install_command):
+def render_spec(spec: Mapping[str, Any], plan: Mapping[str, Any], tree: str, package: Mapping[str, Any],
+                source_date_epoch: int, install_command: str) -> str:
     """The rpm spec file text of PACKAGE (one of SPEC's, split by PLAN); INSTALL_COMMAND fills %{buildroot}.
 
     Each package gets a spec of its own, so that its header (source RPM name, changelog, build time) depends on
