@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any, Callable, List
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.archive import extract_tar
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import ArchiveError
@@ -18,7 +19,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing impor
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import MachineError
 
 
-def detect_format(path):
+def detect_format(path: str) -> str:
     """``directory``, ``squashfs`` or ``tar`` (plain or compressed with gzip, bzip2, xz or zstd), from the content."""
     if os.path.isdir(path):
         return "directory"
@@ -38,7 +39,8 @@ def detect_format(path):
                        "set image_format if it is one of them")
 
 
-def extract_image(image, image_format, dest, run_tool, which, scratch_dir):
+def extract_image(image: str, image_format: str, dest: str, run_tool: Callable[[List[str], str], Any],
+                  which: Callable[[str], str | None], scratch_dir: str) -> None:
     """Fill the empty directory DEST with IMAGE's tree (a directory, a tar archive or a squashfs image), owners,
     modes and special files kept. A squashfs image needs unsquashfs, or squashfuse (mounted in a temporary
     directory under SCRATCH_DIR and copied). RUN_TOOL(argv, what) raises on failure; WHICH(name) finds a tool."""
@@ -72,11 +74,11 @@ def extract_image(image, image_format, dest, run_tool, which, scratch_dir):
                            "(squashfs-tools) nor squashfuse to read it; install one, or use a tarball")
 
 
-def file_identity(path):
+def file_identity(path: str) -> List[int]:
     """``[size, mtime_ns, inode]`` of file PATH: unchanged only if nobody rewrote or replaced the file."""
     info = os.stat(path)
     return [info.st_size, info.st_mtime_ns, info.st_ino]
 
 
-def image_digest(path, image_format):
+def image_digest(path: str, image_format: str) -> str:
     return tree_digest(path) if image_format == "directory" else digest_file(path)[0]

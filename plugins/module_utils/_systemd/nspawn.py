@@ -17,10 +17,12 @@ import re
 import shutil
 import tempfile
 import time
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
+    Systemd,
     start_and_check,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import MachineError, UnitError
@@ -69,18 +71,18 @@ _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BIND_RE = re.compile(r"^[^\s:]+(:[^\s:]+(:[A-Za-z0-9,]+)?)?$")
 
 
-def validate_name(name):
+def validate_name(name: str) -> str:
     if not _MACHINE_RE.match(name or ""):
         raise MachineError(f"name {name!r} is not a machine name: up to 64 letters, digits, '-' and '_', "
                            "starting with a letter or digit")
     return name
 
 
-def unit_name(name):
+def unit_name(name: str) -> str:
     return f"systemd-nspawn@{name}.service"
 
 
-def quote_arg(arg):
+def quote_arg(arg: str) -> str:
     """ARG as one word of a systemd setting (``Parameters=``): plain, or double-quoted with C escapes."""
     if "\n" in arg or "\0" in arg:
         raise MachineError(f"command: argument {arg!r} has a line break or NUL")
@@ -89,7 +91,7 @@ def quote_arg(arg):
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def settings_sections(params):
+def settings_sections(params: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
     """The .nspawn file as sections, from the module's options; ``settings`` adds or overrides directives."""
     exec_ = {"Boot": bool(params["boot"]), "PrivateUsers": params["private_users"]}
     if params["command"]:
@@ -136,7 +138,7 @@ def settings_sections(params):
     return {name: directives for name, directives in sections.items() if directives}
 
 
-def render_settings(sections):
+def render_settings(sections: Mapping[str, Mapping[str, Any]]) -> str:
     order = [name for name in SETTINGS_ORDER if name in sections] + [n for n in sections if n not in SETTINGS_ORDER]
     return render_sections(sections, order, SETTINGS_HEADER)
 
@@ -144,7 +146,9 @@ def render_settings(sections):
 class Machine:
     """One run of the nspawn_container module. SYSTEMD is a ``_systemd.manager.Systemd``; RUN runs a command."""
 
-    def __init__(self, systemd, run, which, params, check_mode=False, diff=False):
+    def __init__(self, systemd: Systemd, run: Callable[[List[str]], Tuple[int, str, str]],
+                 which: Callable[[str], str | None], params: Mapping[str, Any], check_mode: bool = False,
+                 diff: bool = False) -> None:
         self.systemd = systemd
         self._run = run
         self.which = which
@@ -164,23 +168,23 @@ class Machine:
             "stopped": False, "removed": False, "pending_restart": False,
         }
 
-    def run_tool(self, argv, what):
+    def run_tool(self, argv: List[str], what: str) -> str:
         rc, out, err = self._run(argv)
         if rc != 0:
             raise MachineError(f"{what} failed (exit {rc}): {(err or out).strip()}", command=argv)
         return out
 
-    def record(self):
+    def record(self) -> Dict[str, Any]:
         try:
             with open(self.record_file, encoding="utf-8") as handle:
                 return json.load(handle)
         except (FileNotFoundError, ValueError):
             return {}
 
-    def running(self):
+    def running(self) -> bool:
         return self.systemd.is_active(self.unit) in ("active", "activating", "reloading")
 
-    def apply(self):
+    def apply(self) -> Dict[str, Any]:
         try:
             self._apply()
         except UnitError as exc:
