@@ -170,7 +170,7 @@ options:
   state_dir:
     description: Where the record of each machine's installed image is kept.
     type: path
-    default: /var/lib/sciops-fleet/machines
+    default: /var/lib/sciops-fleet/_machines
 notes:
   - Nested use - a machine inside a node that is itself a container - needs that container to be started with
     the capabilities to run one (the test fleet's nodes run with C(--capability=all)).

@@ -106,11 +106,13 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import RELEASE_FILE
 from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec, release_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._release.node import AppState, reconcile, record_health, run_health_checks
+from ansible_collections.sciops.fleet.plugins.module_utils._release.health import record_health, run_health_checks
+from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import NodeError
+from ansible_collections.sciops.fleet.plugins.module_utils._release.reconcile import reconcile
+from ansible_collections.sciops.fleet.plugins.module_utils._release.state import AppState
 
 
 def main():
@@ -134,11 +136,11 @@ def main():
         if params["release"]:
             wanted = release_digest(params["release"])
             if digest != wanted:
-                raise OciError(f"{params['slot']} of {params['application']} on this node is {name or 'not set'}"
-                               f"{f' ({digest})' if digest else ''}, not the release to check ({wanted}): another run"
-                               " may have switched it; check which run changes this application")
+                raise NodeError(f"{params['slot']} of {params['application']} on this node is {name or 'not set'}"
+                                f"{f' ({digest})' if digest else ''}, not the release to check ({wanted}): another run"
+                                " may have switched it; check which run changes this application")
         if not name or not state.is_installed(name):
-            raise OciError(f"{params['application']} has no installed release in {params['slot']} on this node")
+            raise NodeError(f"{params['application']} has no installed release in {params['slot']} on this node")
         with open(os.path.join(state.release_path(name), RELEASE_FILE), encoding="utf-8") as handle:
             release = json.load(handle)
         variables = {"address": params["address"], "current_dir": os.path.join(state.app_dir, "current"),

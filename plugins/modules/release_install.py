@@ -141,12 +141,9 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import registry_options
 from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec
-from ansible_collections.sciops.fleet.plugins.module_utils._release.node import (
-    DEFAULT_CACHE_DIR,
-    AppState,
-    fetch_release,
-    install_release,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._release.fetch import fetch_release
+from ansible_collections.sciops.fleet.plugins.module_utils._release.install import install_release
+from ansible_collections.sciops.fleet.plugins.module_utils._release.state import DEFAULT_CACHE_DIR, AppState
 
 
 def main():

@@ -108,8 +108,11 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import Oc
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import registry_options
 from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec, release_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import RELEASE_FILE
-from ansible_collections.sciops.fleet.plugins.module_utils._release.node import (
-    FILES_RECORD, SLOTS, AppState, artifact_sizes, fetch_release, preflight, running_release)
+from ansible_collections.sciops.fleet.plugins.module_utils._release.fetch import artifact_sizes, fetch_release
+from ansible_collections.sciops.fleet.plugins.module_utils._release.preflight import preflight
+from ansible_collections.sciops.fleet.plugins.module_utils._release.record import SLOTS
+from ansible_collections.sciops.fleet.plugins.module_utils._release.state import FILES_RECORD, AppState
+from ansible_collections.sciops.fleet.plugins.module_utils._release.status import running_release
 
 
 def on_disk(application, state_root, facts_dir):

@@ -33,10 +33,12 @@ options:
   manifest:
     description:
       - Path of the release manifest, YAML or JSON, on the host the module runs on. A YAML file needs PyYAML there,
-        as every Ansible controller has. Mutually exclusive with O(release).
+        as every Ansible controller has. Mutually exclusive with O(manifest_data).
     type: path
-  release:
-    description: The release manifest as data. Mutually exclusive with O(manifest).
+  manifest_data:
+    description:
+      - The release manifest as data, for a release written in the play. Mutually exclusive with O(manifest).
+      - (In this collection, an option named C(release) always names a release by reference or id.)
     type: dict
   repository:
     description:
@@ -91,7 +93,7 @@ EXAMPLES = r"""
 - name: Publish a release written in the play into a local OCI layout
   sciops.fleet.release_publish:
     repository: oci-layout:/srv/oci/releases
-    release:
+    manifest_data:
       schema_version: 1
       application: hello
       version: 1.0.0
@@ -184,19 +186,19 @@ def main():
     module = AnsibleModule(
         argument_spec=registry_argument_spec(
             manifest={"type": "path"},
-            release={"type": "dict"},
+            manifest_data={"type": "dict"},
             repository={"type": "str", "required": True},
             channels={"type": "list", "elements": "str", "default": []},
             mount_point_prefixes={"type": "list", "elements": "str", "default": list(DEFAULT_MOUNT_POINT_PREFIXES)},
             verify_artifacts={"type": "bool", "default": True},
         ),
-        mutually_exclusive=[("manifest", "release")],
-        required_one_of=[("manifest", "release")],
+        mutually_exclusive=[("manifest", "manifest_data")],
+        required_one_of=[("manifest", "manifest_data")],
         supports_check_mode=True,
     )
     params = module.params
     try:
-        data = read_manifest(params["manifest"]) if params["manifest"] else params["release"]
+        data = read_manifest(params["manifest"]) if params["manifest"] else params["manifest_data"]
         source = params["manifest"] or "(given as data)"
         release = validate_release(data, source, check_mount_point_prefixes(params["mount_point_prefixes"]))
         document = release_document(release, source)

@@ -82,7 +82,10 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec
-from ansible_collections.sciops.fleet.plugins.module_utils._release.node import SLOTS, AppState, RecordDamaged, application_status
+from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import RecordDamaged
+from ansible_collections.sciops.fleet.plugins.module_utils._release.record import SLOTS
+from ansible_collections.sciops.fleet.plugins.module_utils._release.state import AppState
+from ansible_collections.sciops.fleet.plugins.module_utils._release.status import application_status
 
 
 def main():

@@ -210,16 +210,12 @@ record_rebuilt:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec, release_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._release.node import (
-    AppState,
-    choose_release,
-    reconcile,
-    retire_slot,
-    switch_release,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import NodeError
+from ansible_collections.sciops.fleet.plugins.module_utils._release.reconcile import reconcile
+from ansible_collections.sciops.fleet.plugins.module_utils._release.state import AppState
+from ansible_collections.sciops.fleet.plugins.module_utils._release.switch import choose_release, retire_slot, switch_release
 
 
 def main():
@@ -242,7 +238,7 @@ def main():
     params = module.params
     try:
         if params["keep"] < 1:
-            raise OciError(f"keep must be at least 1, not {params['keep']}")
+            raise NodeError(f"keep must be at least 1, not {params['keep']}")
         state = AppState(params["application"], params["state_root"], params["facts_dir"])
         protect = [release_digest(p, "protect") for p in params["protect"]]
         record, repairs = reconcile(state, module.check_mode)

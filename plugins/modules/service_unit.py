@@ -170,7 +170,7 @@ options:
   state_dir:
     description: Where the record of what each unit was last started with is kept, one small JSON file per unit.
     type: path
-    default: /var/lib/sciops-fleet/units
+    default: /var/lib/sciops-fleet/_units
 notes:
   - Install a socket's or timer's service before the socket or timer itself; C(systemd-analyze verify) refuses a
     socket whose service does not exist.

@@ -26,7 +26,7 @@ def _push(registry, run_module, tag, path):
 
 
 def _publish(registry, run_module, release):
-    published = run_module("release_publish", release=release, repository=f"{registry.host}/releases/{APP}",
+    published = run_module("release_publish", manifest_data=release, repository=f"{registry.host}/releases/{APP}",
                            plain_http=True)
     return published
 

@@ -51,7 +51,7 @@ def _publish_env(registry, run_module, image, app, version, install, mount_point
     release = {"schema_version": 1, "application": app, "version": version, "protocol": "1",
                "artifacts": [{"name": "env", "reference": f"{registry.host}/build/{app}@{pushed['digest']}",
                               "install": install, "mount_point": mount_point}]}
-    published = run_module("release_publish", release=release, repository=f"{registry.host}/releases/{app}",
+    published = run_module("release_publish", manifest_data=release, repository=f"{registry.host}/releases/{app}",
                            channels=["stable"], plain_http=True)
     assert not published.get("failed"), published
     return published["reference"]

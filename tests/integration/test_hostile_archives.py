@@ -80,7 +80,7 @@ def _publish(registry, run_module, version, tarball):
         "requires": {"os_family": ["debian"], "commands": ["sh"], "disk_mb": 1},
         "health": [{"command": "test -f ${current_dir}/app/good", "timeout": 5}],
     }
-    published = run_module("release_publish", release=release, repository=f"{registry.host}/releases/{APP}",
+    published = run_module("release_publish", manifest_data=release, repository=f"{registry.host}/releases/{APP}",
                            channels=[], plain_http=True)
     assert not published.get("failed"), published
     return published

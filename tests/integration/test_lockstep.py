@@ -48,7 +48,7 @@ def _publish(registry, run_module, tmp_path, app, version, protocol, role, healt
     if role == "server":
         release["health"] = [{"http": f"http://${{address}}:{PORTS['current']}{health_path}", "timeout": 2, "retries": 10,
                               "delay": 0.5}]
-    published = run_module("release_publish", release=release, repository=f"{registry.host}/releases/{app}",
+    published = run_module("release_publish", manifest_data=release, repository=f"{registry.host}/releases/{app}",
                            plain_http=True)
     assert not published.get("failed"), published
     return f"{registry.host}/releases/{app}:{version}"
@@ -108,7 +108,7 @@ def clean_apps(fleet):
             fleet.thaw(name)
             fleet.ssh(name, f"systemctl disable --now {SERVER}@current {SERVER}@oldstable 2>/dev/null; "
                             f"rm -rf /etc/systemd/system/{SERVER}@.service /etc/sciops-fleet/{SERVER} "
-                            f"/var/lib/sciops-fleet/units/{SERVER}@* ; systemctl daemon-reload; "
+                            f"/var/lib/sciops-fleet/_units/{SERVER}@* ; systemctl daemon-reload; "
                             f"rm -rf /var/lib/sciops-fleet/{SERVER} /var/lib/sciops-fleet/{CLIENT} "
                             f"/etc/ansible/facts.d/sciops_fleet_{SERVER}.fact /etc/ansible/facts.d/sciops_fleet_{CLIENT}.fact",
                       check=False)

@@ -276,7 +276,7 @@ def machine_nodes(fleet):
     yield nodes
     for name in nodes:
         fleet.ssh(name, "for m in sciops-env sciops-cmd; do systemctl disable --now systemd-nspawn@$m.service; "
-                        "rm -rf /var/lib/machines/$m /etc/systemd/nspawn/$m.nspawn /var/lib/sciops-fleet/machines/$m.json; "
+                        "rm -rf /var/lib/machines/$m /etc/systemd/nspawn/$m.nspawn /var/lib/sciops-fleet/_machines/$m.json; "
                         "done; rm -f /var/tmp/sciops-env-*.sqfs", check=False, timeout=120)
 
 

@@ -45,7 +45,7 @@ def _release(reference, version, mount_point, name="env"):
 
 
 def _publish(registry, run_module, release, **options):
-    return run_module("release_publish", release=release, repository=f"{registry.host}/releases/{APP}", plain_http=True,
+    return run_module("release_publish", manifest_data=release, repository=f"{registry.host}/releases/{APP}", plain_http=True,
                       **options)
 
 

@@ -52,7 +52,7 @@ def _publish(registry, run_module, tmp_path, version, check_exit=0, requires=Non
         "requires": requires or {"os_family": ["debian"], "commands": ["sh", "grep"], "disk_mb": 1},
         "health": [{"command": "${current_dir}/app/bin/hello --check", "timeout": 5}],
     }
-    published = run_module("release_publish", release=release, repository=f"{registry.host}/releases/hello",
+    published = run_module("release_publish", manifest_data=release, repository=f"{registry.host}/releases/hello",
                            channels=list(channels), plain_http=True)
     assert not published.get("failed"), published
     return published
@@ -153,7 +153,7 @@ def test_preflight_says_no_with_every_reason_before_anything_is_touched(registry
 def test_a_bad_manifest_is_refused_before_publishing(registry, run_module):
     bad = {"schema_version": 1, "application": "Hello", "version": "1", "protocol": "1",
            "artifacts": [{"name": "app", "reference": f"{registry.host}/build/hello:latest"}]}
-    result = run_module("release_publish", release=bad, repository=f"{registry.host}/releases/bad", plain_http=True)
+    result = run_module("release_publish", manifest_data=bad, repository=f"{registry.host}/releases/bad", plain_http=True)
     assert result["failed"] and "application: 'Hello' is not valid" in result["msg"]
     assert "artifacts[0].reference" in result["msg"] and "names no digest" in result["msg"]
     assert not any("/v2/releases/bad/" in line and '"PUT ' in line for line in registry.access_log())
@@ -162,5 +162,5 @@ def test_a_bad_manifest_is_refused_before_publishing(registry, run_module):
 def test_a_release_naming_a_missing_artifact_is_refused(registry, run_module):
     missing = {"schema_version": 1, "application": "hello", "version": "1.0.1", "protocol": "1",
                "artifacts": [{"name": "app", "reference": f"{registry.host}/build/hello@sha256:{'0' * 64}"}]}
-    result = run_module("release_publish", release=missing, repository=f"{registry.host}/releases/hello", plain_http=True)
+    result = run_module("release_publish", manifest_data=missing, repository=f"{registry.host}/releases/hello", plain_http=True)
     assert result["failed"] and "does not exist; push it first" in result["msg"]

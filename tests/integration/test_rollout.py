@@ -50,7 +50,7 @@ def _publish(registry, run_module, tmp_path, version):
                "artifacts": [{"name": "app", "reference": f"{registry.host}/build/greeter@{pushed['digest']}",
                               "install": "extract"}],
                "health": [{"command": "${current_dir}/app/bin/greeter --check", "timeout": 5}]}
-    published = run_module("release_publish", release=release, repository=f"{registry.host}/releases/greeter",
+    published = run_module("release_publish", manifest_data=release, repository=f"{registry.host}/releases/greeter",
                            channels=["candidate"], plain_http=True)
     assert not published.get("failed"), published
     return published

@@ -205,7 +205,7 @@ def test_status_says_record_damaged_and_flags_a_wrong_clock(registry, fleet, ans
 def _publish_needing(registry, run_module, tmp_path, version, requires):
     published = _publish(registry, run_module, tmp_path, version)
     release = dict(published["release"], requires=requires)
-    again = run_module("release_publish", release=release, repository=f"{registry.host}/releases/greeter",
+    again = run_module("release_publish", manifest_data=release, repository=f"{registry.host}/releases/greeter",
                        channels=["candidate"], plain_http=True)
     assert not again.get("failed"), again
     return again

@@ -53,7 +53,7 @@ def _build_and_publish(registry, run_module, tmp_path, app_version, conf, tools=
         "requires": {"commands": ["rpm"]},
         "health": [{"command": f"test \"$(/opt/qserv/bin/qserv-version)\" = {app_version}", "timeout": 5}],
     }
-    published = run_module("release_publish", release=release, repository=f"{registry.host}/releases/qserv",
+    published = run_module("release_publish", manifest_data=release, repository=f"{registry.host}/releases/qserv",
                            channels=[], plain_http=True)
     assert not published.get("failed"), published
     return published, digests

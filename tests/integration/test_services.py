@@ -32,7 +32,7 @@ def remove_test_units(fleet):
     for name in fleet.names:
         fleet.ssh(name, f"systemctl disable --now {units}; "
                         "rm -rf /etc/systemd/system/sciops-* /etc/systemd/system/srv-sciops* "
-                        "/usr/lib/systemd/system/sciops-pkg.service /var/lib/sciops-fleet/units "
+                        "/usr/lib/systemd/system/sciops-pkg.service /var/lib/sciops-fleet/_units "
                         "/var/lib/sciops-fleet/sciops-echo /etc/sciops-hello /etc/sciops-echo; "
                         "systemctl daemon-reload; systemctl reset-failed", check=False)
 
@@ -368,7 +368,7 @@ def test_a_unit_and_a_template_with_its_instances_are_removed(fleet, ansible):
     installed = service_unit(fleet, ansible, name=template, sections=sleeper, instances=["a", "b"], enabled=True, state="started")
     assert installed.rc == 0, installed.stdout
     for name in fleet.names:
-        assert fleet.ssh(name, f"test -f /var/lib/sciops-fleet/units/{unit}.json").returncode == 0
+        assert fleet.ssh(name, f"test -f /var/lib/sciops-fleet/_units/{unit}.json").returncode == 0
 
     predicted = service_unit(fleet, ansible, check=True, name=unit, state="absent")
     for name in fleet.names:
@@ -388,7 +388,7 @@ def test_a_unit_and_a_template_with_its_instances_are_removed(fleet, ansible):
         for gone in [unit] + instances:
             assert unit_props(fleet, name, gone, "LoadState", "ActiveState") == {"LoadState": "not-found", "ActiveState": "inactive"}
         listing = fleet.ssh(name, f"ls /etc/systemd/system/{unit} /etc/systemd/system/{template} "
-                                  "/etc/systemd/system/multi-user.target.wants/ /var/lib/sciops-fleet/units/",
+                                  "/etc/systemd/system/multi-user.target.wants/ /var/lib/sciops-fleet/_units/",
                             check=False).stdout
         assert "sciops-gone" not in listing and "sciops-bye" not in listing, listing
     again = service_unit(fleet, ansible, name=unit, state="absent")

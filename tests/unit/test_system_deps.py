@@ -73,7 +73,8 @@ UNSEEN = {
     "plugins/modules/rpm_repo.py": ["createrepo_c"],
     "plugins/modules/service_unit.py": ["systemctl", "journalctl", "systemd-analyze"],
     "plugins/modules/nspawn_container.py": ["systemctl", "journalctl", "systemd-analyze", "systemd-nspawn"],
-    "plugins/module_utils/_release/node.py": ["rpm"],
+    "plugins/module_utils/_rpm/packages.py": ["rpm"],
+    "plugins/module_utils/_systemd/mount.py": ["systemctl", "journalctl", "systemd-analyze"],
     "tests/testbed/fleet.py": ["ssh"],
 }
 
@@ -235,7 +236,7 @@ def test_the_scanner_sees_the_programs_run_by_roles_modules_and_tests(programs):
     seen = dict(programs)
     assert "roles/build_env/tasks/main.yml" in seen["squashfuse"]
     assert "plugins/module_utils/_env/closure.py" in seen["patchelf"]
-    assert "plugins/module_utils/_release/node.py" in seen["systemd-escape"]
+    assert "plugins/module_utils/_systemd/mount.py" in seen["systemd-escape"]
     assert "tests/integration/test_oras_interop.py" in seen["skopeo"]
     assert "tests/testbed/noderoot.py" in seen["debootstrap"]
     assert "tests/integration/test_nspawn_machines.py" in seen["hostname"]

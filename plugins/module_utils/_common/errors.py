@@ -44,6 +44,10 @@ class DocumentError(FleetError):
         self.needs_yaml = needs_yaml
 
 
+class CommandError(FleetError):
+    """A program the collection runs could not be started, or failed."""
+
+
 class ArchiveError(FleetError):
     """An archive (tarball) is not safe to extract, or cannot be read: the message names the archive and member."""
 

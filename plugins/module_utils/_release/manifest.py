@@ -47,16 +47,14 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.schema import
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import parse_reference
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import MAX_MANIFEST_SIZE
+from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds import KINDS
 
 SCHEMA_VERSION = 1
 RELEASE_ARTIFACT_TYPE = "application/vnd.sciops.fleet.release.v1+json"
 RELEASE_FILE = "release.json"
-RELEASE_SOURCE_FILE = "release.yaml"
-# rpm: RPM files, installed with rpm when current is switched (sciops.fleet.rpm_build).
-INSTALL_KINDS = ("files", "extract", "squashfs", "mount", "unpack", "rpm")
-# Environment images (sciops.fleet.env_build): mounted read-only in the release, or unpacked into it.
-IMAGE_KINDS = ("mount", "unpack")
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
+# The install kinds (one file each in kinds/); those that take a mount_point are environment images.
+INSTALL_KINDS = tuple(KINDS)
+IMAGE_KINDS = tuple(name for name, kind in KINDS.items() if kind.takes_mount_point)
 
 _VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOP_KEYS = ("schema_version", "application", "version", "protocol", "role", "description", "artifacts", "configs",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import is_digest, parse_reference
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.module import registry_argument_spec
-from ansible_collections.sciops.fleet.plugins.module_utils._release.node import DEFAULT_FACTS_DIR, DEFAULT_STATE_ROOT
+from ansible_collections.sciops.fleet.plugins.module_utils._release.state import DEFAULT_FACTS_DIR, DEFAULT_STATE_ROOT
 
 # Documented in plugins/doc_fragments/release_node.py.
 NODE_ARGUMENT_SPEC = {

@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._common.node_layout import LEGACY_MACHINES_STATE_DIR, MACHINES_STATE_DIR, migrate_state_files
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
     Systemd,
@@ -62,7 +63,7 @@ ARGUMENT_SPEC = {
     "journal_lines": {"type": "int", "default": 20},
     "machines_dir": {"type": "path", "default": "/var/lib/machines"},
     "settings_dir": {"type": "path", "default": "/etc/systemd/nspawn"},
-    "state_dir": {"type": "path", "default": "/var/lib/sciops-fleet/machines"},
+    "state_dir": {"type": "path", "default": MACHINES_STATE_DIR},
 }
 
 _MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -143,6 +144,11 @@ def render_settings(sections: Mapping[str, Mapping[str, Any]]) -> str:
     return render_sections(sections, order, SETTINGS_HEADER)
 
 
+def is_machine_record(file_name: str, data: Any) -> bool:
+    """Whether FILE_NAME holding DATA is a machine's image record (``<machine>.json``: image, format, digest)."""
+    return isinstance(data, dict) and all(key in data for key in ("image", "format", "digest"))
+
+
 class Machine:
     """One run of the nspawn_container module. SYSTEMD is a ``_systemd.manager.Systemd``; RUN runs a command."""
 
@@ -203,6 +209,8 @@ class Machine:
         return result
 
     def _apply(self):
+        if self.params["state_dir"] == MACHINES_STATE_DIR and not self.check_mode:
+            migrate_state_files(LEGACY_MACHINES_STATE_DIR, MACHINES_STATE_DIR, is_machine_record)
         state = self.params["state"]
         if state == "absent":
             self._remove()

@@ -17,6 +17,7 @@ import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
+from ansible_collections.sciops.fleet.plugins.module_utils._common.node_layout import LEGACY_UNITS_STATE_DIR, UNITS_STATE_DIR, migrate_state_files
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import UnitError
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
@@ -55,7 +56,7 @@ ARGUMENT_SPEC = {
     "settle": {"type": "float", "default": 2.0},
     "journal_lines": {"type": "int", "default": 20},
     "security_report": {"type": "bool", "default": True},
-    "state_dir": {"type": "path", "default": "/var/lib/sciops-fleet/units"},
+    "state_dir": {"type": "path", "default": UNITS_STATE_DIR},
 }
 MUTUALLY_EXCLUSIVE = [("sections", "content")]
 
@@ -91,6 +92,15 @@ def unit_names(unit: UnitName, instances: Sequence[str]) -> List[str]:
     if instances:
         raise UnitError(f"instances are for template units (PREFIX@.TYPE); {unit.name} is not one")
     return [unit.name]
+
+
+def is_restart_record(file_name: str, data: Any) -> bool:
+    """Whether FILE_NAME holding DATA is a restart record (``<unit>.json``: the unit's digest and watched files)."""
+    try:
+        UnitName(file_name[:-len(".json")])
+    except UnitError:
+        return False
+    return isinstance(data, dict) and "unit" in data and isinstance(data.get("files"), dict)
 
 
 def read_text(path: str) -> str | None:
@@ -191,6 +201,8 @@ class ServiceUnit:
             raise
 
     def _run(self):
+        if self.params["state_dir"] == UNITS_STATE_DIR and not self.check_mode:
+            migrate_state_files(LEGACY_UNITS_STATE_DIR, UNITS_STATE_DIR, is_restart_record)
         if self.absent:
             return self._remove()
         written = self._write_unit()

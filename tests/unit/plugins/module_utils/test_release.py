@@ -22,18 +22,13 @@ from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest imp
     release_dir_name,
     validate_release,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._release.node import (
-    FILES_RECORD,
-    AppState,
-    _extract,
-    _prune_plan,
-    _render,
-    fact_name,
-    preflight,
-    retire_slot,
-    run_health_checks,
-    switch_release,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import NodeError
+from ansible_collections.sciops.fleet.plugins.module_utils._release.health import run_health_checks
+from ansible_collections.sciops.fleet.plugins.module_utils._release.install import render as _render
+from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds.extract import extract as _extract
+from ansible_collections.sciops.fleet.plugins.module_utils._release.preflight import preflight
+from ansible_collections.sciops.fleet.plugins.module_utils._release.state import FILES_RECORD, AppState, fact_name
+from ansible_collections.sciops.fleet.plugins.module_utils._release.switch import _prune_plan, retire_slot, switch_release
 
 DIGEST = "sha256:" + "ab" * 32
 GOOD = {
@@ -140,7 +135,7 @@ def test_every_problem_is_reported_at_once():
 
 def test_render_names_the_missing_variable():
     assert _render("port=${port} $$HOME", {"port": "7"}, "cfg") == "port=7 $HOME"
-    with pytest.raises(OciError, match=r"cfg: the template uses \$\{peers\}"):
+    with pytest.raises(NodeError, match=r"cfg: the template uses \$\{peers\}"):
         _render("peers=${peers}", {}, "cfg")
 
 
@@ -253,7 +248,7 @@ def test_retiring_oldstable_empties_the_slot_and_lets_prune_take_it(tmp_path):
     switch_release(state, _digest(1))
     switch_release(state, _digest(2), keep=1, keep_oldstable=True)
     assert retire_slot(state, check_mode=True)["changed"] and state.slot_target("oldstable") == "r1"
-    with pytest.raises(OciError, match="current is never emptied"):
+    with pytest.raises(NodeError, match="current is never emptied"):
         retire_slot(state, "current")
     retired = retire_slot(state, keep=1, reason="retire")
     assert retired["changed"] and retired["from"]["name"] == "r1" and retired["pruned"] == ["r1"]
@@ -272,7 +267,7 @@ def test_check_mode_switch_touches_nothing(tmp_path):
 
 def test_switch_refuses_a_release_that_is_not_installed(tmp_path):
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
-    with pytest.raises(OciError, match="is not installed on this node"):
+    with pytest.raises(NodeError, match="is not installed on this node"):
         switch_release(state, _digest(9))
 
 
@@ -314,11 +309,11 @@ def test_health_checks_retry_then_report(tmp_path):
 
 
 def test_previous_and_versions_name_installed_releases(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import choose_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.switch import choose_release  # pylint: disable=import-outside-toplevel
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     for n in (1, 2, 3):
         _installed(state, f"r{n}", _digest(n), "good", f"2026-01-0{n}T00:00:00Z")
-    with pytest.raises(OciError, match="no previous release"):
+    with pytest.raises(NodeError, match="no previous release"):
         choose_release(state, state.load(), "previous")
     switch_release(state, _digest(1))
     switch_release(state, _digest(2))
@@ -328,7 +323,7 @@ def test_previous_and_versions_name_installed_releases(tmp_path):
     record["releases"]["r2"]["status"] = "failed"
     assert choose_release(state, record, "previous") == _digest(1)
     assert choose_release(state, record, "r3") == _digest(3)  # the test's versions are the names
-    with pytest.raises(OciError, match="9.9 is not installed on this node"):
+    with pytest.raises(NodeError, match="9.9 is not installed on this node"):
         choose_release(state, record, "9.9")
 
 
@@ -364,7 +359,8 @@ def _layout_release(tmp_path, payload):
 
 
 def test_install_links_files_from_the_cache_and_records_their_verified_digest(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import drift, install_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.files import drift  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.install import install_release  # pylint: disable=import-outside-toplevel
     payload = bytes(range(256)) * 4096
     release = _layout_release(tmp_path, payload)
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
@@ -390,7 +386,7 @@ def test_install_links_files_from_the_cache_and_records_their_verified_digest(tm
 
 
 def test_a_node_running_the_release_healthy_is_found_from_its_record(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import running_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.status import running_release  # pylint: disable=import-outside-toplevel
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     _installed(state, "r1", _digest(1), "installed", "2026-01-01T00:00:00Z")
     switch_release(state, _digest(1))
@@ -472,7 +468,7 @@ def test_a_release_larger_than_a_node_reads_is_refused():
     ("{", "not JSON"),
 ])
 def test_a_record_of_the_wrong_shape_is_reported_damaged_not_a_crash(tmp_path, text, reason):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import RecordDamaged  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import RecordDamaged  # pylint: disable=import-outside-toplevel
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     os.makedirs(state.facts_dir)
     with open(state.fact_path, "w", encoding="utf-8") as handle:
@@ -483,7 +479,7 @@ def test_a_record_of_the_wrong_shape_is_reported_damaged_not_a_crash(tmp_path, t
 
 
 def test_an_installed_but_unrecorded_release_is_adopted_and_an_incomplete_one_installed_again(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import install_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.install import install_release  # pylint: disable=import-outside-toplevel
     release = _layout_release(tmp_path, b"tool bytes\n" * 1000)
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     first = install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))
@@ -513,17 +509,17 @@ def test_an_installed_but_unrecorded_release_is_adopted_and_an_incomplete_one_in
 
 
 def test_a_failed_install_leaves_no_staging_tree(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import install_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.install import install_release  # pylint: disable=import-outside-toplevel
     release = _layout_release(tmp_path, b"x" * 100)
     release["configs"] = [{"source": "bin/missing.in", "dest": "etc/x.conf", "vars": {}, "mode": "0644"}]
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
-    with pytest.raises(OciError, match="cannot read its template"):
+    with pytest.raises(NodeError, match="cannot read its template"):
         install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))
     assert os.listdir(state.releases_dir) == []
 
 
 def test_a_damaged_or_missing_record_is_rebuilt_from_the_disk_and_kept_aside(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import install_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.install import install_release  # pylint: disable=import-outside-toplevel
     release = _layout_release(tmp_path, b"payload\n")
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     installed = install_release(state, release, _digest(1), {}, cache_dir=str(tmp_path / "cache"))
@@ -567,15 +563,15 @@ def test_a_switch_killed_before_its_record_was_saved_is_repaired_by_a_rerun(tmp_
 
 
 def test_order_is_the_records_own_not_the_clocks(tmp_path, monkeypatch):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release import node as _release_node  # pylint: disable=import-outside-toplevel
-    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import choose_release  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release import record as _release_record  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.switch import choose_release  # pylint: disable=import-outside-toplevel
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     for n in range(1, 5):
         _installed(state, f"r{n}", _digest(n), "good")
     switch_release(state, _digest(1), keep=4)
     switch_release(state, _digest(2), keep=4)
     # The clock jumps 25 years back: later switches carry earlier times.
-    monkeypatch.setattr(_release_node, "now", lambda: "2001-01-01T00:00:00Z")
+    monkeypatch.setattr(_release_record, "now", lambda: "2001-01-01T00:00:00Z")
     switch_release(state, _digest(3), keep=4)
     outcome = switch_release(state, _digest(4), keep=3)
     assert outcome["pruned"] == ["r1"]  # not r3, the release that really ran before
@@ -603,7 +599,7 @@ def test_a_legacy_record_without_sequence_numbers_is_ordered_by_its_history(tmp_
 
 
 def test_a_repeated_health_verdict_writes_nothing_and_a_verdict_needs_its_slot(tmp_path):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release.node import record_health  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.health import record_health  # pylint: disable=import-outside-toplevel
     state = AppState("hello", str(tmp_path / "state"), str(tmp_path / "facts"))
     for n in (1, 2):
         _installed(state, f"r{n}", _digest(n))
@@ -614,9 +610,9 @@ def test_a_repeated_health_verdict_writes_nothing_and_a_verdict_needs_its_slot(t
     assert (os.stat(state.fact_path).st_mtime_ns, len(state.load()["history"])) == before
     assert record_health(state, _digest(1), False, [{"name": "port", "ok": False}])
     assert state.load()["current"]["status"] == "failed"
-    with pytest.raises(OciError, match=r"r2\) of hello is not what current points to on this node \(r1\)"):
+    with pytest.raises(NodeError, match=r"r2\) of hello is not what current points to on this node \(r1\)"):
         record_health(state, _digest(2), True, [])
-    with pytest.raises(OciError, match="not what oldstable points to on this node \\(nothing\\)"):
+    with pytest.raises(NodeError, match="not what oldstable points to on this node \\(nothing\\)"):
         record_health(state, _digest(1), True, [], slot="oldstable")
     state.set_slot("oldstable", "r2")
     assert record_health(state, _digest(2), True, [], slot="oldstable")
@@ -639,7 +635,7 @@ def test_a_change_waits_a_bounded_time_for_the_lock_and_names_its_holder(tmp_pat
         "time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(OciError, match=r"hello is being changed on this node by process 4242 since then; waited 0.3 s"):
+        with pytest.raises(NodeError, match=r"hello is being changed on this node by process 4242 since then; waited 0.3 s"):
             with state.lock(wait=0.3):
                 pass
     finally:
@@ -653,16 +649,19 @@ def test_a_change_waits_a_bounded_time_for_the_lock_and_names_its_holder(tmp_pat
 
 
 def test_a_mounts_record_the_node_did_not_write_is_neither_mounted_nor_used_to_remove_files(tmp_path, monkeypatch):
-    from ansible_collections.sciops.fleet.plugins.module_utils._release import node as _release_node  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._common import command as _command  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._systemd import mount as _mount_units  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds import deactivate  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds.mount import read_mounts  # pylint: disable=import-outside-toplevel
     release_dir = tmp_path / "releases" / "1.0-abc"
     release_dir.mkdir(parents=True)
     victim = tmp_path / "victim"
     victim.write_text("keep\n")
     units = tmp_path / "units"
     units.mkdir()
-    monkeypatch.setattr(_release_node, "UNIT_DIR", str(units))
+    monkeypatch.setattr(_mount_units, "UNIT_DIR", str(units))
     calls = []
-    monkeypatch.setattr(_release_node.subprocess, "run", lambda argv, **kw: calls.append(argv))
+    monkeypatch.setattr(_command.subprocess, "run", lambda argv, **kw: calls.append(argv))
     hostile = [{"name": "env", "unit": os.path.relpath(str(victim), str(units)), "what": str(release_dir / ".images" / "env.squashfs"),
                 "where": str(release_dir / "env"), "type": "squashfs", "options": "ro"},
                {"name": "env", "unit": "x.mount", "what": "/etc/shadow", "where": str(release_dir / "env"),
@@ -671,8 +670,8 @@ def test_a_mounts_record_the_node_did_not_write_is_neither_mounted_nor_used_to_r
                 "where": str(release_dir / "env"), "type": "squashfs", "options": "ro\nExecStart=/bin/sh"}]
     for entry in hostile:
         (release_dir / ".sciops-mounts.json").write_text(json.dumps([entry]))
-        with pytest.raises(OciError, match="is not this node's own"):
-            _release_node._read_mounts(str(release_dir))  # pylint: disable=protected-access
-        _release_node.deactivate_images(str(release_dir))
+        with pytest.raises(NodeError, match="is not this node's own"):
+            read_mounts(str(release_dir))
+        deactivate(str(release_dir))
         assert victim.read_text() == "keep\n"
     assert not calls
