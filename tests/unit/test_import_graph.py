@@ -12,7 +12,7 @@ The rules (CONTRIBUTING.md explains why):
 (c) ``_common`` is the base: it imports no other domain;
 (d) a module_utils file holds one concept: no ``# --`` or ``# ==`` banner lines that split it into sections.
 
-Each rule is checked per domain, so that a known finding in one domain can be marked without hiding the others.
+Each rule is checked per domain, so that a finding in one domain can be marked (xfail) without hiding the others.
 """
 
 from __future__ import annotations
@@ -34,12 +34,6 @@ BASE_DOMAIN = "_common"
 OTHER_PLUGINS = "plugins"
 BANNER_RE = re.compile(r"^\s*#\s?(?:--|==)[-=]*(?:\s|$)")
 RULES = ("cycles", "private-names", "common-is-base", "one-concept")
-
-# Findings in _release/ that are being fixed by its split into modules and kinds/ (see CONTRIBUTING.md);
-# remove an entry once its case passes.
-RELEASE_PENDING = {
-    "one-concept": "_release/node.py still has banner sections; its split into modules is under way",
-}
 
 
 class Import(NamedTuple):
@@ -248,17 +242,9 @@ def fixture_repo_findings() -> Dict[str, Dict[str, List[str]]]:
 
 
 def _cases() -> List[object]:
-    cases: List[object] = []
-    for rule in RULES:
-        groups = (BASE_DOMAIN,) if rule == "common-is-base" else DOMAINS + (OTHER_PLUGINS,)
-        if rule in ("cycles", "one-concept"):
-            groups = DOMAINS
-        for group in groups:
-            marks = []
-            if group == "_release" and rule in RELEASE_PENDING:
-                marks.append(pytest.mark.xfail(strict=False, reason=RELEASE_PENDING[rule]))
-            cases.append(pytest.param(rule, group, marks=marks, id=f"{rule}-{group}"))
-    return cases
+    groups = {"cycles": DOMAINS, "private-names": DOMAINS + (OTHER_PLUGINS,), "common-is-base": (BASE_DOMAIN,),
+              "one-concept": DOMAINS}
+    return [pytest.param(rule, group, id=f"{rule}-{group}") for rule in RULES for group in groups[rule]]
 
 
 @pytest.mark.parametrize("rule, group", _cases())
