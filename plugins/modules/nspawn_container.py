@@ -307,7 +307,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn import ARGUMENT_SPEC, Machine
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import Systemd
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import UnitError
 
 
 def main():

@@ -98,7 +98,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm.build import RpmBuildError, list_packages, primary_packages, repo_state
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.build import RpmBuildError
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.repo import list_packages, primary_packages, repo_state
 
 
 def main():

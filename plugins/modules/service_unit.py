@@ -393,7 +393,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._systemd.service impo
     ServiceUnit,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import Systemd
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import UnitError
 
 
 def main():

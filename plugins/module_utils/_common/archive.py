@@ -91,7 +91,6 @@ class _Extraction:
     def close(self):
         os.close(self.root_fd)
 
-    # -- walking without following -----------------------------------------------------------
     def open_parent(self, parts, name, create=True):
         """A descriptor of the directory holding PARTS[-1]; missing directories are created, links refused."""
         fd = os.dup(self.root_fd)
@@ -139,7 +138,6 @@ class _Extraction:
             return
         raise _refused(self.archive, member.name, f"would replace the {_kind(info.st_mode)} already at that path")
 
-    # -- link targets ------------------------------------------------------------------------
     def lstat_parts(self, parts):
         try:
             # Every component but the last is a real directory (links were resolved on the way): nothing is followed.
@@ -182,7 +180,6 @@ class _Extraction:
             pending = inner.split("/") + pending
         return None
 
-    # -- members -----------------------------------------------------------------------------
     def mode_for(self, member):
         mode = member.mode & 0o7777
         if self.tree:
@@ -305,7 +302,6 @@ class _Extraction:
         finally:
             os.close(node)
 
-    # -- the end -----------------------------------------------------------------------------
     def finish(self):
         """Check every link against the finished tree, then set directory metadata, deepest first."""
         for parts, target, name in self.links:
@@ -357,7 +353,8 @@ def _open_archive(path, archive):
     return tarfile.open(fileobj=process.stdout, mode="r|"), process
 
 
-def extract_tar(path, dest, tree=False, name=None, inside="the destination"):
+def extract_tar(path: str, dest: str, tree: bool = False, name: str | None = None,
+                inside: str = "the destination") -> int:
     """Extract the tar archive PATH into the existing directory DEST, refusing any member that could land or
     lead outside it (see the module docstring; TREE selects the operating-system-tree policy).
 

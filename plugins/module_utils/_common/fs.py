@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+from typing import Any, Iterator, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import DocumentError
 
@@ -19,7 +20,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import
 _NEW_FILE_MODE = 0o666
 
 
-def fsync_file(path, flags=0):
+def fsync_file(path: str, flags: int = 0) -> None:
     """fsync the file at PATH: its data is on disk when this returns."""
     fd = os.open(path, os.O_RDONLY | flags)
     try:
@@ -28,12 +29,12 @@ def fsync_file(path, flags=0):
         os.close(fd)
 
 
-def fsync_dir(path):
+def fsync_dir(path: str) -> None:
     """fsync directory PATH so a rename or link inside it survives a crash."""
     fsync_file(path, getattr(os, "O_DIRECTORY", 0))
 
 
-def create_temp(directory, prefix=".tmp-"):
+def create_temp(directory: str, prefix: str = ".tmp-") -> Tuple[int, str]:
     """Create and open a new file in DIRECTORY; return ``(fd, path)``. The caller owns both."""
     while True:
         path = os.path.join(directory, f"{prefix}{os.urandom(6).hex()}")
@@ -44,7 +45,7 @@ def create_temp(directory, prefix=".tmp-"):
         return fd, path
 
 
-def commit_file(fd, tmp_path, final_path, mode=None):
+def commit_file(fd: int, tmp_path: str, final_path: str, mode: int | None = None) -> None:
     """fsync FD (open on TMP_PATH), apply MODE, rename it to FINAL_PATH and fsync the directory.
 
     FD is closed in every case; TMP_PATH is removed when the commit fails.
@@ -64,7 +65,7 @@ def commit_file(fd, tmp_path, final_path, mode=None):
     fsync_dir(os.path.dirname(os.path.abspath(final_path)))
 
 
-def atomic_write(path, data, mode=None):
+def atomic_write(path: str, data: bytes, mode: int | None = None) -> None:
     """Write DATA (bytes) to PATH atomically and durably: readers see the old or the new content."""
     fd, tmp = create_temp(os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.tmp-")
     try:
@@ -79,19 +80,19 @@ def atomic_write(path, data, mode=None):
     commit_file(fd, tmp, path, mode)
 
 
-def remove_quietly(path):
+def remove_quietly(path: str) -> None:
     """Remove file PATH if it exists."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
 
-def link_unsupported(exc):
+def link_unsupported(exc: OSError) -> bool:
     """True when EXC (from os.link) says a hard link is impossible here: other file system, no link support."""
     return exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 @contextlib.contextmanager
-def locked(path, shared=False):
+def locked(path: str, shared: bool = False) -> Iterator[None]:
     """Hold an flock on PATH (a directory or an existing file) for the duration of the block.
 
     Locking the directory rather than a file in it works even though the files are replaced by rename.
@@ -104,7 +105,7 @@ def locked(path, shared=False):
         os.close(fd)
 
 
-def read_document(path):
+def read_document(path: str) -> Any:
     """The data of the JSON or YAML file at PATH (JSON needs nothing beyond the standard library, YAML needs PyYAML).
     Raises OSError when PATH cannot be read and DocumentError when it cannot be parsed."""
     with open(path, encoding="utf-8") as handle:

@@ -7,6 +7,7 @@ every problem as ``field: what is wrong, and what to write instead`` so that one
 from __future__ import annotations
 
 import re
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 # Names of applications, environments and artifacts, and their versions (1.4.0~rc1 sorts before 1.4.0).
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -25,19 +26,20 @@ def not_a_string(value: object) -> str:
 class Checker:
     """Collects problems as ``field: what is wrong, and what to write instead``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.problems = []
 
-    def add(self, field, message):
+    def add(self, field: str, message: str) -> None:
         self.problems.append(f"{field}: {message}")
 
-    def keys(self, data, allowed, field):
+    def keys(self, data: Mapping[str, Any], allowed: Sequence[str], field: str) -> None:
         for key in data:
             if key not in allowed:
                 where = f"{field}.{key}" if field else str(key)
                 self.add(where, f"unknown field; the known ones are {', '.join(allowed)}")
 
-    def string(self, data, key, field, pattern=None, hint="", required=True):
+    def string(self, data: Mapping[str, Any], key: str, field: str, pattern: re.Pattern[str] | None = None, hint: str = "",
+               required: bool = True) -> str | None:
         value = data.get(key)
         if value is None:
             if required:
@@ -51,7 +53,8 @@ class Checker:
             return None
         return value
 
-    def number(self, data, key, field, minimum=0, integer=True):
+    def number(self, data: Mapping[str, Any], key: str, field: str, minimum: float = 0,
+               integer: bool = True) -> int | float | None:
         value = data.get(key)
         if value is None:
             return None
@@ -61,7 +64,7 @@ class Checker:
             return None
         return value
 
-    def string_list(self, data, key, field):
+    def string_list(self, data: Mapping[str, Any], key: str, field: str) -> List[str]:
         value = data.get(key)
         if value is None:
             return []
@@ -74,7 +77,8 @@ class Checker:
             return []
         return value
 
-    def mapping_list(self, data, key, field, required=False):
+    def mapping_list(self, data: Mapping[str, Any], key: str, field: str,
+                     required: bool = False) -> List[Tuple[int, Dict[str, Any]]]:
         value = data.get(key)
         if value is None:
             if required:

@@ -3,9 +3,9 @@
 # This module is private to sciops.fleet; its API may change without notice.
 """A registry client for the OCI distribution API, in the Python standard library only.
 
-It authenticates with explicit credentials or the docker ``config.json`` (``auths``, ``credHelpers``,
-``credsStore``), follows Basic and Bearer token challenges, verifies TLS by default, retries transient
-failures with backoff, and downloads every blob through ``_oci/download.py`` ``download_blob``.
+It authenticates with explicit credentials or the docker ``config.json`` (``_oci/credentials.py``), follows
+Basic and Bearer token challenges, verifies TLS by default, retries transient failures with backoff
+(``_oci/retry.py``), and downloads every blob through ``_oci/download.py`` ``download_blob``.
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ import os
 import re
 import socket
 import ssl
-import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Any, Callable, List, Tuple
 
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import (
-    RetryPolicy,
-    download_blob,
-    network_error,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.credentials import docker_credentials
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import BlobCache, download_blob
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     AuthError,
     DigestMismatchError,
@@ -37,8 +34,10 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     TransferError,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.retry import RetryPolicy, network_error
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import (
     HOST_RE,
+    Reference,
     is_digest,
     parse_reference,
     referrers_tag,
@@ -65,100 +64,11 @@ DEFAULT_RETRIES = 3
 # Blobs up to this size go up in one PUT; larger ones in PATCH chunks of this size.
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 BODY_BLOCK_SIZE = 1024 * 1024
-CREDENTIAL_HELPER_TIMEOUT = 30
 _ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
 _CHALLENGE_PARAM_RE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 _LINK_NEXT_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_PAGES = 10000
-
-
-# ---------------------------------------------------------------------------------------------
-# credentials
-
-
-def _config_path(docker_config):
-    """The config.json to read: DOCKER_CONFIG (file or directory), else $DOCKER_CONFIG, else ~/.docker."""
-    path = docker_config or os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
-    return path
-
-
-def _auths_key_host(key):
-    """The host part of an ``auths`` key, which may be a bare host or a URL such as https://host/v1/."""
-    if "://" in key:
-        key = urllib.parse.urlsplit(key).netloc
-    return key.split("/", 1)[0]
-
-
-def _run_credential_helper(helper, registry, config_path):
-    """``(username, secret)`` from ``docker-credential-HELPER get``, or None when it has nothing for REGISTRY."""
-    command = f"docker-credential-{helper}"
-    try:
-        result = subprocess.run(
-            [command, "get"], input=registry.encode(), capture_output=True,
-            timeout=CREDENTIAL_HELPER_TIMEOUT, check=False,
-        )
-    except FileNotFoundError:
-        raise OciError(
-            f"credential helper {command}, named for {registry} in {config_path}, is not installed (not on PATH); "
-            f"install it or remove it from the config"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise OciError(f"credential helper {command} did not answer for {registry} within {CREDENTIAL_HELPER_TIMEOUT}s") from None
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).decode("utf-8", "replace")
-        if "credentials not found" in output.lower():
-            return None
-        first_line = output.strip().splitlines()[0][:200] if output.strip() else f"exit status {result.returncode}"
-        raise OciError(f"credential helper {command} failed for {registry}: {first_line}")
-    try:
-        data = json.loads(result.stdout)
-        return data.get("Username") or "", data["Secret"]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise OciError(f"credential helper {command} gave an answer for {registry} that is not the expected JSON") from None
-
-
-def docker_credentials(registry, docker_config=None):
-    """Credentials for REGISTRY from a docker config.json: ``(username, password, identity_token, source)`` or None.
-
-    Order as in docker: ``credHelpers[registry]``, else ``credsStore``, else the ``auths`` entry (``auth`` is
-    base64 ``user:password``; ``identitytoken`` is an OAuth2 refresh token). A helper that reports the user
-    name ``<token>`` returns an identity token.
-    """
-    path = _config_path(docker_config)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise OciError(f"cannot read docker config {path}: {exc}; fix or remove the file") from None
-    if not isinstance(config, dict):
-        raise OciError(f"docker config {path} is not a JSON object")
-    helper = (config.get("credHelpers") or {}).get(registry) or config.get("credsStore")
-    if helper:
-        found = _run_credential_helper(helper, registry, path)
-        if found:
-            username, secret = found
-            if username == "<token>":
-                return None, None, secret, f"docker-credential-{helper}"
-            return username, secret, None, f"docker-credential-{helper}"
-    for key, entry in (config.get("auths") or {}).items():
-        if _auths_key_host(key) != registry or not isinstance(entry, dict):
-            continue
-        if entry.get("identitytoken"):
-            return entry.get("username"), None, entry["identitytoken"], path
-        if entry.get("auth"):
-            try:
-                username, _sep, password = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
-            except (ValueError, UnicodeDecodeError):
-                raise OciError(f"the auths entry for {registry} in {path} is not base64 of user:password") from None
-            return username, password, None, path
-        if entry.get("username") and entry.get("password"):
-            return entry["username"], entry["password"], None, path
-    return None
 
 
 def _parse_challenge(header):
@@ -171,7 +81,6 @@ def _parse_challenge(header):
     return scheme.lower(), params
 
 
-# ---------------------------------------------------------------------------------------------
 # HTTP plumbing
 
 
@@ -245,10 +154,6 @@ def _with_digest(url, digest):
     return url + ("&" if "?" in url else "?") + urllib.parse.urlencode({"digest": digest})
 
 
-# ---------------------------------------------------------------------------------------------
-# the client
-
-
 class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
     """A client for one registry (``host[:port]``). See OciStore for the operations.
 
@@ -258,8 +163,10 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
     TIMEOUT applies to each connect and read; RETRIES/BACKOFF bound the retries of transient failures.
     """
 
-    def __init__(self, registry, username=None, password=None, docker_config=None, ca_file=None, validate_certs=True,
-                 plain_http=False, timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES, backoff=1.0, chunk_size=DEFAULT_CHUNK_SIZE):
+    def __init__(self, registry: str, username: str | None = None, password: str | None = None,
+                 docker_config: str | None = None, ca_file: str | None = None, validate_certs: bool = True,
+                 plain_http: bool = False, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
+                 backoff: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
         super().__init__()
         if not HOST_RE.match(registry or ""):
             raise OciError(f"{registry!r} is not a registry host[:port]")
@@ -287,10 +194,8 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
             handlers.append(urllib.request.HTTPSHandler(context=context))
         self._opener = urllib.request.build_opener(*handlers)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"RegistryClient({self.registry!r}, username={self.username!r})"
-
-    # -- naming -----------------------------------------------------------------------------
 
     def _url(self, repo, kind, ref=""):
         return f"{self.base_url}/v2/{repo}/{kind}/{ref}"
@@ -299,8 +204,6 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         if not ref:
             return f"{self.registry}/{repo}"
         return f"{self.registry}/{repo}{'@' if is_digest(ref) else ':'}{ref}"
-
-    # -- credentials and challenges -----------------------------------------------------------
 
     def _credentials(self):
         if not self._credentials_loaded:
@@ -363,8 +266,6 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         if token is None and actions == "pull":
             token = self._bearer.get((repo, "pull,push"))  # a push token allows pulling as well
         return f"Bearer {token}" if token else None
-
-    # -- requests ---------------------------------------------------------------------------
 
     def _send(self, method, url, headers, body, auth):
         """One HTTP exchange; returns the response (also for error statuses). BODY: bytes or a callable opening one."""
@@ -453,9 +354,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
                 self.stats["retries"] += 1
                 self.retry.wait(attempt, exc)
 
-    # -- manifests --------------------------------------------------------------------------
-
-    def resolve(self, repo, ref):
+    def resolve(self, repo: str, ref: str) -> Descriptor:
         what = f"manifest {self._name(repo, ref)}"
         response = self._request("HEAD", self._url(repo, "manifests", ref), what, repo, headers={"Accept": _ACCEPT_MANIFESTS})
         digest = ref if is_digest(ref) else response.headers.get("Docker-Content-Digest")
@@ -467,7 +366,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
             size = len(data)
         return Descriptor(media_type, digest, int(size))
 
-    def get_manifest(self, repo, ref):
+    def get_manifest(self, repo: str, ref: str) -> Tuple[bytes, str, str]:
         what = f"manifest {self._name(repo, ref)}"
         response = self._request("GET", self._url(repo, "manifests", ref), what, repo, headers={"Accept": _ACCEPT_MANIFESTS})
         data = response.body
@@ -481,7 +380,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
             media_type = parse_manifest(data, what).get("mediaType") or media_type
         return data, digest, media_type
 
-    def put_manifest(self, repo, ref, data, media_type):
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
         algorithm = split_digest(ref)[0] if is_digest(ref) else "sha256"
         digest = digest_bytes(data, algorithm)
         what = f"manifest {self._name(repo, ref)}"
@@ -497,12 +396,12 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
             self.add_referrer_to_tag_index(repo, subject.digest, referrer_descriptor(data, digest, media_type))
         return digest
 
-    def delete_manifest(self, repo, ref):
+    def delete_manifest(self, repo: str, ref: str) -> None:
         digest = ref if is_digest(ref) else self.resolve(repo, ref).digest
         self._request("DELETE", self._url(repo, "manifests", digest), f"manifest {self._name(repo, digest)}", repo,
                       "delete", expect=(200, 202))
 
-    def list_tags(self, repo):
+    def list_tags(self, repo: str) -> List[str]:
         url = f"{self.base_url}/v2/{repo}/tags/list?n=1000"
         tags = []
         for page in range(_MAX_PAGES):
@@ -527,9 +426,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         url = urllib.parse.urljoin(current, match.group(1))
         return None if url == current else url
 
-    # -- blobs ------------------------------------------------------------------------------
-
-    def blob_exists(self, repo, digest):
+    def blob_exists(self, repo: str, digest: str) -> bool:
         response = self._request("HEAD", self._url(repo, "blobs", digest), f"blob {self._name(repo, digest)}", repo,
                                  expect=(200, 404))
         return response.status == 200
@@ -587,7 +484,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         self._request("PUT", _with_digest(location, digest), what, repo, "pull,push",
                       headers={**octet, "Content-Length": "0"}, body=b"", expect=(201,), retry=False)
 
-    def push_blob(self, repo, source, digest, size):
+    def push_blob(self, repo: str, source: str | bytes, digest: str, size: int) -> bool:
         what = f"blob {self._name(repo, digest)}"
         split_digest(digest)
         actual_size = len(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.path.getsize(source)
@@ -614,7 +511,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         self.stats["bytes_uploaded"] += int(size)
         return True
 
-    def mount_blob(self, repo, digest, from_repo):
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Mount blob DIGEST from FROM_REPO into REPO on this registry; False when the registry declined (202)."""
         what = f"blob {self._name(repo, digest)} (mount from {from_repo})"
         url = f"{self.base_url}/v2/{repo}/blobs/uploads/?" + urllib.parse.urlencode({"mount": digest, "from": from_repo})
@@ -633,13 +530,13 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
                 pass
         return False
 
-    def open_blob(self, repo, digest, offset=0):
+    def open_blob(self, repo: str, digest: str, offset: int = 0) -> Any:
         """The open response for blob DIGEST from byte OFFSET (a Range request when OFFSET > 0); one attempt."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         return self._request("GET", self._url(repo, "blobs", digest), f"blob {self._name(repo, digest)}", repo,
                              headers=headers, expect=(200, 206), stream=True, retry=False)
 
-    def read_blob(self, repo, digest, max_size=MAX_MANIFEST_SIZE):
+    def read_blob(self, repo: str, digest: str, max_size: int = MAX_MANIFEST_SIZE) -> bytes:
         what = f"blob {self._name(repo, digest)}"
         data = self._request("GET", self._url(repo, "blobs", digest), what, repo, limit=max_size).body
         actual = digest_bytes(data, split_digest(digest)[0])
@@ -648,7 +545,9 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         self.stats["bytes_downloaded"] += len(data)
         return data
 
-    def fetch_blob_to(self, repo, descriptor, dest_dir, name, mode=None, progress=None, cache=None, link=False):
+    def fetch_blob_to(self, repo: str, descriptor: Descriptor, dest_dir: str, name: str, mode: int | None = None,
+                      progress: Callable[[int, int], None] | None = None, cache: BlobCache | None = None,
+                      link: bool = False) -> str:
         what = f"blob {self._name(repo, descriptor.digest)}"
 
         def fetch(offset):
@@ -663,16 +562,14 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
             cache.download(fetch, descriptor.digest, descriptor.size, **options)
         return cache.place(descriptor.digest, dest_dir, name, descriptor.size, mode=mode, link=link)
 
-    # -- referrers --------------------------------------------------------------------------
-
     @property
-    def referrers_mechanism(self):
+    def referrers_mechanism(self) -> str | None:
         """How referrers were found: ``api`` (OCI 1.1 referrers API), ``tag_schema``, or None before a lookup."""
         if self._referrers_api is None:
             return None
         return "api" if self._referrers_api else "tag_schema"
 
-    def referrers(self, repo, digest, artifact_type=None):
+    def referrers(self, repo: str, digest: str, artifact_type: str | None = None) -> List[Descriptor]:
         split_digest(digest)
         if self._referrers_api is not False:
             found = self._referrers_from_api(repo, digest, artifact_type)
@@ -707,7 +604,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
                 break
         return found if filtered else filter_referrers(found, artifact_type)
 
-    def add_referrer_to_tag_index(self, repo, subject_digest, descriptor):
+    def add_referrer_to_tag_index(self, repo: str, subject_digest: str, descriptor: Descriptor) -> bool:
         """List DESCRIPTOR in the referrers tag schema index of SUBJECT_DIGEST; False when it was listed already."""
         tag = referrers_tag(subject_digest)
         try:
@@ -723,7 +620,7 @@ class RegistryClient(OciStore):  # pylint: disable=too-many-instance-attributes
         return True
 
 
-def open_store(reference, create_layout=False, **registry_options):
+def open_store(reference: Reference | str, create_layout: bool = False, **registry_options: Any) -> OciStore:
     """The store a reference lives in: a LayoutStore for ``oci-layout:``, else a RegistryClient.
 
     REFERENCE is a Reference or its text. REGISTRY_OPTIONS go to RegistryClient (username, password,

@@ -15,11 +15,9 @@ import fcntl
 import http.client
 import os
 import queue
-import random
 import re
-import socket
 import threading
-import time
+from typing import Any, Callable, Dict, List
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import (
     commit_file,
@@ -36,6 +34,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     UnsafePathError,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import split_digest
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.retry import RetryPolicy, network_error
 from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file, format_digest, new_hasher
 
 # The annotation that records a file's permission bits, as an octal string such as "0755".
@@ -45,55 +44,12 @@ WRITEBACK_STEP = 64 * 1024 * 1024
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
-# ---------------------------------------------------------------------------------------------
-# retries
-
-
-class RetryPolicy:
-    """Bounded retries with exponential backoff and jitter (so a fleet does not retry in lockstep)."""
-
-    def __init__(self, retries=3, backoff=1.0, max_delay=30.0, sleep=time.sleep):
-        self.retries = max(0, int(retries))
-        self.backoff = max(0.0, float(backoff))
-        self.max_delay = float(max_delay)
-        self._sleep = sleep
-
-    def delay(self, attempt, retry_after=None):
-        """Seconds to wait before retry number ATTEMPT (1-based); a server's Retry-After is honoured up to max_delay."""
-        base = min(self.max_delay, self.backoff * (2 ** (attempt - 1)))
-        delay = base * (0.5 + random.random() / 2)  # nosec - jitter, not cryptography
-        if retry_after is not None:
-            delay = max(delay, min(float(retry_after), self.max_delay))
-        return delay
-
-    def wait(self, attempt, error=None):
-        """Sleep before retry number ATTEMPT."""
-        self._sleep(self.delay(attempt, getattr(error, "retry_after", None)))
-
-
-def network_error(exc, what):
-    """A transient TransferError for a low-level network failure EXC while transferring WHAT."""
-    if isinstance(exc, TransferError):
-        return exc
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        reason = "timed out waiting for the server"
-    elif isinstance(exc, http.client.IncompleteRead):
-        reason = f"connection closed after {len(exc.partial)} more bytes"
-    else:
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return TransferError(f"{what}: {reason}", transient=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# destinations
-
-
 def _check_inside(root, path, name, dest_dir):
     if path != root and not path.startswith(root.rstrip(os.sep) + os.sep):
         raise UnsafePathError(name, dest_dir, f"it resolves to {path}, outside the destination (through a symlink)")
 
 
-def name_parts(name, dest_dir=None):
+def name_parts(name: str, dest_dir: str | None = None) -> List[str]:
     """The components of file NAME (relative, '/'-separated), or UnsafePathError when it could leave DEST_DIR."""
     if not isinstance(name, str) or not name.strip():
         raise UnsafePathError(name, dest_dir, "the name is empty")
@@ -110,7 +66,7 @@ def name_parts(name, dest_dir=None):
     return parts
 
 
-def safe_destination(dest_dir, name, create=True):
+def safe_destination(dest_dir: str, name: str, create: bool = True) -> str:
     """The absolute path for file NAME (relative, '/'-separated) under DEST_DIR; parent directories are created
     unless CREATE is false (check mode).
 
@@ -132,7 +88,7 @@ def safe_destination(dest_dir, name, create=True):
     return final
 
 
-def parse_file_mode(text, name=None):
+def parse_file_mode(text: str | None, name: str | None = None) -> int | None:
     """Permission bits from a recorded octal mode string ("0755", "644"); None when TEXT is None.
 
     Only the 0777 bits are accepted: set-id and sticky bits are never restored from an artifact.
@@ -151,13 +107,9 @@ def parse_file_mode(text, name=None):
     return int(value, 8)
 
 
-def format_file_mode(mode):
+def format_file_mode(mode: int) -> str:
     """The annotation value for permission bits MODE (an int), e.g. "0755"."""
     return f"{mode & 0o777:04o}"
-
-
-# ---------------------------------------------------------------------------------------------
-# the download routine
 
 
 class _RestartFromZero(Exception):
@@ -353,7 +305,10 @@ def _receive(partial, response, what, stats, progress):
             raise SizeMismatchError(what, size, f"more than {size}")
 
 
-def download_blob(fetch, dest_dir, name, digest, size, retry=None, mode=None, progress=None, stats=None, what=None):
+def download_blob(fetch: Callable[[int], Any], dest_dir: str, name: str, digest: str, size: int,
+                  retry: RetryPolicy | None = None, mode: int | None = None,
+                  progress: Callable[[int, int], None] | None = None, stats: Dict[str, int] | None = None,
+                  what: str | None = None) -> str:
     """Download a blob to DEST_DIR/NAME, verified; return the final path.
 
     FETCH(offset) opens the blob at byte OFFSET (sending ``Range: bytes=OFFSET-`` when OFFSET > 0) and returns a
@@ -417,11 +372,7 @@ def download_blob(fetch, dest_dir, name, digest, size, retry=None, mode=None, pr
         partial.close()
 
 
-# ---------------------------------------------------------------------------------------------
-# placing local content
-
-
-def file_matches(path, digest, size=None):
+def file_matches(path: str, digest: str, size: int | None = None) -> bool:
     """True when PATH is a regular file holding exactly blob DIGEST (and SIZE): nothing to transfer."""
     try:
         if not os.path.isfile(path) or os.path.islink(path):
@@ -460,7 +411,8 @@ def _verified_copy(src, final, digest, size, mode, what):
     commit_file(fd, tmp, final, mode)
 
 
-def place_blob(src, dest_dir, name, digest, size=None, mode=None, link=False, what=None):
+def place_blob(src: str, dest_dir: str, name: str, digest: str, size: int | None = None, mode: int | None = None,
+               link: bool = False, what: str | None = None) -> str:
     """Place the local file SRC holding blob DIGEST at DEST_DIR/NAME atomically; return the final path.
 
     With LINK, a hard link is made when SRC is on the same file system and MODE is None or already SRC's mode
@@ -500,15 +452,15 @@ class BlobCache:
     way), or hard-linked when the caller asks for it.
     """
 
-    def __init__(self, root):
+    def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
 
-    def path_for(self, digest):
+    def path_for(self, digest: str) -> str:
         """Where DIGEST is (or would be) stored."""
         algorithm, encoded = split_digest(digest)
         return os.path.join(self.root, "blobs", algorithm, encoded)
 
-    def has(self, digest, size=None, verify=False):
+    def has(self, digest: str, size: int | None = None, verify: bool = False) -> bool:
         """True when DIGEST is cached (with SIZE when given); VERIFY re-hashes it. A damaged entry is removed."""
         path = self.path_for(digest)
         try:
@@ -528,7 +480,7 @@ class BlobCache:
         os.makedirs(directory, exist_ok=True)
         return directory
 
-    def put_from(self, path, digest, size=None, verify=False):
+    def put_from(self, path: str, digest: str, size: int | None = None, verify: bool = False) -> str:
         """Add file PATH as DIGEST and return the cache path: a hard link to PATH (trusted as verified) when
         possible, else a verified copy; VERIFY always copies and verifies (for untrusted sources)."""
         if self.has(digest, size):
@@ -536,13 +488,14 @@ class BlobCache:
         name = os.path.basename(self.path_for(digest))
         return place_blob(path, self._directory(digest), name, digest, size, link=not verify)
 
-    def download(self, fetch, digest, size, **kwargs):
+    def download(self, fetch: Callable[[int], Any], digest: str, size: int, **kwargs: Any) -> str:
         """Download DIGEST into the cache with download_blob (same arguments) unless present; return its path."""
         if self.has(digest, size):
             return self.path_for(digest)
         return download_blob(fetch, self._directory(digest), os.path.basename(self.path_for(digest)), digest, size, **kwargs)
 
-    def place(self, digest, dest_dir, name, size=None, mode=None, link=False):
+    def place(self, digest: str, dest_dir: str, name: str, size: int | None = None, mode: int | None = None,
+              link: bool = False) -> str:
         """Place cached DIGEST at DEST_DIR/NAME (see place_blob): a verified copy, or with LINK a hard link.
 
         A hard link shares the cache entry's inode, so a pulled file edited in place would damage the cache;

@@ -9,13 +9,15 @@ No message ever contains a password, token or Authorization header.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 
 
 class OciError(FleetError):
     """Base of the registry and OCI errors; ``reference`` is what failed, where one is known."""
 
-    def __init__(self, message, reference=None):
+    def __init__(self, message: str, reference: str | None = None) -> None:
         super().__init__(message)
         self.reference = reference
 
@@ -23,7 +25,8 @@ class OciError(FleetError):
 class AuthError(OciError):
     """The registry answered 401 or 403."""
 
-    def __init__(self, registry, reference=None, status=401, had_credentials=False, username=None):
+    def __init__(self, registry: str, reference: str | None = None, status: int = 401, had_credentials: bool = False,
+                 username: str | None = None) -> None:
         target = reference or registry
         if status == 403:
             who = f" for user {username!r}" if username else ""
@@ -51,7 +54,7 @@ class AuthError(OciError):
 class NotFoundError(OciError):
     """The manifest, blob, tag or layout does not exist (HTTP 404)."""
 
-    def __init__(self, reference, what="manifest", detail=None):
+    def __init__(self, reference: str, what: str = "manifest", detail: str | None = None) -> None:
         extra = f": {detail}" if detail else ""
         message = f"{what} {reference} not found{extra}; check the repository name, tag and digest"
         super().__init__(message, reference)
@@ -60,7 +63,7 @@ class NotFoundError(OciError):
 class DigestMismatchError(OciError):
     """Content does not hash to the digest it was addressed by."""
 
-    def __init__(self, what, expected, actual, reference=None):
+    def __init__(self, what: str, expected: str, actual: str, reference: str | None = None) -> None:
         message = (
             f"{what} has digest {actual} but {expected} was expected; the content was discarded. "
             f"Retry; if it happens again the source (registry, layout or cache) holds corrupt data"
@@ -73,7 +76,7 @@ class DigestMismatchError(OciError):
 class SizeMismatchError(OciError):
     """Content is not as long as its descriptor says."""
 
-    def __init__(self, what, expected, actual, reference=None):
+    def __init__(self, what: str, expected: int, actual: int | str, reference: str | None = None) -> None:
         message = (
             f"{what} is {actual} bytes but its descriptor says {expected}; the content was discarded. "
             f"Check that the manifest and the blob belong together"
@@ -86,7 +89,8 @@ class SizeMismatchError(OciError):
 class TransferError(OciError):
     """A network failure: timeout, dropped connection, 5xx or 429 (after retries when transient)."""
 
-    def __init__(self, message, reference=None, status=None, transient=False, retry_after=None):
+    def __init__(self, message: str, reference: str | None = None, status: int | None = None, transient: bool = False,
+                 retry_after: float | None = None) -> None:
         super().__init__(message, reference)
         self.status = status
         self.transient = transient
@@ -96,7 +100,7 @@ class TransferError(OciError):
 class TlsError(OciError):
     """TLS verification or handshake failed."""
 
-    def __init__(self, registry, detail):
+    def __init__(self, registry: str, detail: str) -> None:
         message = (
             f"TLS connection to registry {registry} failed: {detail}; give the CA certificate that signed the "
             f"registry's certificate (ca_file), or, for a test registry only, turn certificate validation off"
@@ -108,7 +112,7 @@ class TlsError(OciError):
 class InvalidReferenceError(OciError):
     """A reference, repository name, tag or digest does not follow the OCI grammar."""
 
-    def __init__(self, text, reason):
+    def __init__(self, text: str, reason: str) -> None:
         message = f"invalid reference {text!r}: {reason}"
         super().__init__(message, text)
 
@@ -116,7 +120,7 @@ class InvalidReferenceError(OciError):
 class UnsafePathError(OciError):
     """A file name from an artifact would be written outside its destination."""
 
-    def __init__(self, name, dest, reason):
+    def __init__(self, name: Any, dest: str | None, reason: str) -> None:
         message = (
             f"refusing to write {name!r} under {dest}: {reason}; the artifact's file names "
             f"(org.opencontainers.image.title) must be relative paths inside the destination"

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Callable, List, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, locked
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import place_blob
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import BlobCache, place_blob
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import (
     DigestMismatchError,
     NotFoundError,
@@ -47,7 +48,7 @@ class LayoutStore(OciStore):
     as downloaded, bytes copied in as uploaded.
     """
 
-    def __init__(self, path, create=False):
+    def __init__(self, path: str, create: bool = False) -> None:
         super().__init__()
         self.path = os.path.abspath(path)
         marker = os.path.join(self.path, "oci-layout")
@@ -67,13 +68,11 @@ class LayoutStore(OciStore):
         if not str(version).startswith("1."):
             raise OciError(f"OCI image layout {self.path} has layout version {version!r}; only 1.x is supported")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"LayoutStore({self.path!r})"
 
     def _name(self, ref):
         return f"oci-layout:{self.path}{'@' if is_digest(ref) else ':'}{ref}"
-
-    # -- index.json ---------------------------------------------------------------------------
 
     def _read_index(self):
         path = os.path.join(self.path, "index.json")
@@ -98,14 +97,12 @@ class LayoutStore(OciStore):
                 index["manifests"] = manifests
                 self._write_index(index)
 
-    # -- blobs ------------------------------------------------------------------------------
-
-    def blob_path(self, digest):
+    def blob_path(self, digest: str) -> str:
         """Where blob DIGEST is stored in the layout."""
         algorithm, encoded = split_digest(digest)
         return os.path.join(self.path, "blobs", algorithm, encoded)
 
-    def blob_exists(self, repo, digest):
+    def blob_exists(self, repo: str | None, digest: str) -> bool:
         return os.path.isfile(self.blob_path(digest))
 
     def _require_blob(self, digest):
@@ -114,7 +111,7 @@ class LayoutStore(OciStore):
             raise NotFoundError(self._name(digest), "blob")
         return path
 
-    def push_blob(self, repo, source, digest, size):
+    def push_blob(self, repo: str | None, source: str | bytes, digest: str, size: int) -> bool:
         path = self.blob_path(digest)
         if os.path.isfile(path) and os.path.getsize(path) == int(size):
             self.stats["blobs_skipped"] += 1
@@ -145,12 +142,14 @@ class LayoutStore(OciStore):
             raise DigestMismatchError(what, digest, actual)
         return data
 
-    def read_blob(self, repo, digest, max_size=MAX_MANIFEST_SIZE):
+    def read_blob(self, repo: str | None, digest: str, max_size: int = MAX_MANIFEST_SIZE) -> bytes:
         data = self._read_verified(digest, max_size, f"blob {self._name(digest)}")
         self.stats["bytes_downloaded"] += len(data)
         return data
 
-    def fetch_blob_to(self, repo, descriptor, dest_dir, name, mode=None, progress=None, cache=None, link=False):
+    def fetch_blob_to(self, repo: str | None, descriptor: Descriptor, dest_dir: str, name: str, mode: int | None = None,
+                      progress: Callable[[int, int], None] | None = None, cache: BlobCache | None = None,
+                      link: bool = False) -> str:
         source = self._require_blob(descriptor.digest)
         what = f"blob {self._name(descriptor.digest)}"
         if cache is not None:
@@ -172,9 +171,7 @@ class LayoutStore(OciStore):
         self.stats["blobs_downloaded"] += 1
         self.stats["bytes_downloaded"] += int(size)
 
-    # -- manifests --------------------------------------------------------------------------
-
-    def resolve(self, repo, ref):
+    def resolve(self, repo: str | None, ref: str) -> Descriptor:
         if is_digest(ref):
             path = self._require_blob(ref)
             for entry in self._entries():
@@ -189,12 +186,12 @@ class LayoutStore(OciStore):
                 return Descriptor.from_dict(entry, f"index.json entry of {self._name(ref)}")
         raise NotFoundError(self._name(ref), "manifest", "no index.json entry has that tag")
 
-    def get_manifest(self, repo, ref):
+    def get_manifest(self, repo: str | None, ref: str) -> Tuple[bytes, str, str]:
         descriptor = self.resolve(repo, ref)
         data = self._read_verified(descriptor.digest, MAX_MANIFEST_SIZE, f"manifest {self._name(ref)}")
         return data, descriptor.digest, descriptor.media_type
 
-    def put_manifest(self, repo, ref, data, media_type):
+    def put_manifest(self, repo: str | None, ref: str, data: bytes, media_type: str) -> str:
         algorithm = split_digest(ref)[0] if is_digest(ref) else "sha256"
         digest = digest_bytes(data, algorithm)
         if is_digest(ref) and ref != digest:
@@ -231,7 +228,7 @@ class LayoutStore(OciStore):
         self.stats["manifests_uploaded"] += 1
         return digest
 
-    def delete_manifest(self, repo, ref):
+    def delete_manifest(self, repo: str | None, ref: str) -> None:
         digest = self.resolve(repo, ref).digest
         removed = []
 
@@ -245,11 +242,11 @@ class LayoutStore(OciStore):
             raise NotFoundError(self._name(digest), "manifest", "it is not listed in index.json")
         # The blob stays: other manifests may refer to it. Removing unreferenced blobs is a garbage collection.
 
-    def list_tags(self, repo):
+    def list_tags(self, repo: str | None) -> List[str]:
         tags = [(m.get("annotations") or {}).get(REF_NAME_ANNOTATION) for m in self._entries()]
         return sorted({tag for tag in tags if tag})
 
-    def referrers(self, repo, digest, artifact_type=None):
+    def referrers(self, repo: str | None, digest: str, artifact_type: str | None = None) -> List[Descriptor]:
         split_digest(digest)
         found = {}
         for entry in self._entries():

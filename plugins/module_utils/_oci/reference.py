@@ -18,6 +18,7 @@ Repository names and tags follow the OCI distribution specification grammar; dig
 from __future__ import annotations
 
 import re
+from typing import Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import DIGEST_ALGORITHMS
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import InvalidReferenceError
@@ -34,10 +35,6 @@ _HEX_RE = re.compile(r"^[0-9a-f]+$")
 MAX_NAME_LENGTH = 255
 
 
-# ---------------------------------------------------------------------------------------------
-# digests
-
-
 def _digest_problem(digest):
     """Why DIGEST is not a valid digest, or None when it is."""
     if not isinstance(digest, str) or ":" not in digest:
@@ -51,7 +48,7 @@ def _digest_problem(digest):
     return None
 
 
-def split_digest(digest):
+def split_digest(digest: str) -> Tuple[str, str]:
     """Validate DIGEST and return ``(algorithm, hex)``; raise InvalidReferenceError otherwise."""
     problem = _digest_problem(digest)
     if problem:
@@ -60,22 +57,18 @@ def split_digest(digest):
     return algorithm, encoded
 
 
-def is_digest(text):
+def is_digest(text: object) -> bool:
     """True when TEXT is a valid digest."""
     return _digest_problem(text) is None
 
 
-def referrers_tag(digest):
+def referrers_tag(digest: str) -> str:
     """The referrers tag schema tag of DIGEST: ``<alg>-<hex>``, hex cut to 64 characters per the spec."""
     algorithm, encoded = split_digest(digest)
     return f"{algorithm}-{encoded[:64]}"
 
 
-# ---------------------------------------------------------------------------------------------
-# references
-
-
-def validate_repository(name, text=None):
+def validate_repository(name: str, text: str | None = None) -> None:
     """Raise InvalidReferenceError unless NAME is a valid repository name."""
     if not REPOSITORY_RE.match(name or ""):
         raise InvalidReferenceError(
@@ -85,7 +78,7 @@ def validate_repository(name, text=None):
         )
 
 
-def validate_tag(tag, text=None):
+def validate_tag(tag: str, text: str | None = None) -> None:
     """Raise InvalidReferenceError unless TAG is a valid tag."""
     if not TAG_RE.match(tag or ""):
         raise InvalidReferenceError(
@@ -98,40 +91,41 @@ class Reference:
 
     __slots__ = ("registry", "repository", "tag", "digest")
 
-    def __init__(self, registry, repository, tag=None, digest=None):
+    def __init__(self, registry: str | None, repository: str, tag: str | None = None,
+                 digest: str | None = None) -> None:
         self.registry = registry
         self.repository = repository
         self.tag = tag
         self.digest = digest
 
     @property
-    def is_layout(self):
+    def is_layout(self) -> bool:
         """True for an ``oci-layout:`` reference."""
         return self.registry is None
 
     @property
-    def ref(self):
+    def ref(self) -> str | None:
         """What to resolve in the repository: the digest when given, else the tag (None when neither)."""
         return self.digest or self.tag
 
     @property
-    def name(self):
+    def name(self) -> str:
         """The reference without tag and digest."""
         if self.is_layout:
             return f"{LAYOUT_PREFIX}{self.repository}"
         return f"{self.registry}/{self.repository}"
 
-    def with_digest(self, digest):
+    def with_digest(self, digest: str) -> Reference:
         """A copy pinned to DIGEST (the tag is kept for display)."""
         split_digest(digest)
         return Reference(self.registry, self.repository, self.tag, digest)
 
-    def with_tag(self, tag):
+    def with_tag(self, tag: str) -> Reference:
         """A copy with TAG and no digest."""
         validate_tag(tag)
         return Reference(self.registry, self.repository, tag, None)
 
-    def __str__(self):
+    def __str__(self) -> str:
         text = self.name
         if self.tag:
             text += f":{self.tag}"
@@ -139,13 +133,13 @@ class Reference:
             text += f"@{self.digest}"
         return text
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Reference({str(self)!r})"
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Reference) and str(self) == str(other)
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(str(self))
 
 
@@ -166,7 +160,7 @@ def _split_tag_digest(text, rest):
     return rest, tag, digest
 
 
-def parse_reference(text, default_registry=None, default_tag=None):
+def parse_reference(text: str, default_registry: str | None = None, default_tag: str | None = None) -> Reference:
     """Parse TEXT into a Reference.
 
     A registry reference needs a registry host: the first path component when it contains ``.`` or ``:``

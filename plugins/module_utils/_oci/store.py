@@ -3,17 +3,21 @@
 # This module is private to sciops.fleet; its API may change without notice.
 """What every place that holds OCI content offers: media types, descriptors, manifests, the store interface.
 
-``RegistryClient`` (_oci_client) and ``LayoutStore`` (_oci_layout) both implement ``OciStore``, so a module
+``RegistryClient`` (``_oci/client.py``) and ``LayoutStore`` (``_oci/layout.py``) both implement ``OciStore``, so a module
 works the same with a registry or an image layout directory as source or target.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any, Callable, Dict, Iterable, List, Mapping, TYPE_CHECKING, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import NotFoundError, OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import is_digest, split_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes
+
+if TYPE_CHECKING:  # only named in annotations
+    from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import BlobCache
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -36,7 +40,7 @@ STAT_KEYS = (
 )
 
 
-def new_stats():
+def new_stats() -> Dict[str, int]:
     """A zeroed transfer counter dict (see STAT_KEYS)."""
     return dict.fromkeys(STAT_KEYS, 0)
 
@@ -46,7 +50,8 @@ class Descriptor:
 
     __slots__ = ("media_type", "digest", "size", "annotations", "artifact_type", "extra")
 
-    def __init__(self, media_type, digest, size, annotations=None, artifact_type=None, extra=None):
+    def __init__(self, media_type: str | None, digest: str, size: int, annotations: Mapping[str, str] | None = None,
+                 artifact_type: str | None = None, extra: Mapping[str, Any] | None = None) -> None:
         split_digest(digest)
         self.media_type = media_type
         self.digest = digest
@@ -57,12 +62,12 @@ class Descriptor:
         self.extra = dict(extra or {})
 
     @property
-    def title(self):
+    def title(self) -> str | None:
         """The file name annotation, or None."""
         return self.annotations.get(TITLE_ANNOTATION)
 
     @classmethod
-    def from_dict(cls, data, where="descriptor"):
+    def from_dict(cls, data: Any, where: str = "descriptor") -> Descriptor:
         """Build from the JSON form; raise OciError naming WHERE when it is malformed."""
         if not isinstance(data, dict):
             raise OciError(f"{where} is not a JSON object")
@@ -77,7 +82,7 @@ class Descriptor:
         except (KeyError, ValueError, TypeError) as exc:
             raise OciError(f"{where} is malformed: {exc}") from None
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         """The JSON form."""
         data = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         if self.artifact_type:
@@ -87,19 +92,19 @@ class Descriptor:
         data.update(self.extra)
         return data
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Descriptor) and self.to_dict() == other.to_dict()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Descriptor({self.media_type!r}, {self.digest!r}, {self.size})"
 
 
-def encode_json(data):
+def encode_json(data: Any) -> bytes:
     """Canonical bytes for a manifest or index we write: compact, sorted keys, so equal content has one digest."""
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def parse_manifest(data, where="manifest"):
+def parse_manifest(data: bytes, where: str = "manifest") -> Dict[str, Any]:
     """Parse manifest or index bytes into a dict; raise OciError naming WHERE when it is not one."""
     try:
         manifest = json.loads(data)
@@ -110,7 +115,7 @@ def parse_manifest(data, where="manifest"):
     return manifest
 
 
-def manifest_media_type(manifest, fallback=None):
+def manifest_media_type(manifest: Mapping[str, Any], fallback: str | None = None) -> str:
     """The media type a manifest declares, else FALLBACK, else guessed from its shape."""
     if manifest.get("mediaType"):
         return manifest["mediaType"]
@@ -119,7 +124,7 @@ def manifest_media_type(manifest, fallback=None):
     return OCI_INDEX if "manifests" in manifest else OCI_MANIFEST
 
 
-def manifest_children(manifest, where="manifest"):
+def manifest_children(manifest: Mapping[str, Any], where: str = "manifest") -> List[Descriptor]:
     """The descriptors a manifest points to: config and layers, or an index's manifests (subject excluded)."""
     items = []
     if "manifests" in manifest:
@@ -131,13 +136,13 @@ def manifest_children(manifest, where="manifest"):
     return [Descriptor.from_dict(item, f"{where}, entry {n}") for n, item in enumerate(items)]
 
 
-def manifest_subject(manifest, where="manifest"):
+def manifest_subject(manifest: Mapping[str, Any], where: str = "manifest") -> Descriptor | None:
     """The manifest's subject descriptor, or None."""
     subject = manifest.get("subject")
     return Descriptor.from_dict(subject, f"{where}, subject") if subject is not None else None
 
 
-def referrer_descriptor(data, digest=None, media_type=None):
+def referrer_descriptor(data: bytes, digest: str | None = None, media_type: str | None = None) -> Descriptor:
     """The descriptor under which manifest bytes DATA is listed as a referrer of its subject."""
     manifest = parse_manifest(data)
     config = manifest.get("config") or {}
@@ -148,7 +153,8 @@ def referrer_descriptor(data, digest=None, media_type=None):
     )
 
 
-def build_manifest(layers, config=None, subject=None, artifact_type=None, annotations=None):
+def build_manifest(layers: Iterable[Descriptor], config: Descriptor | None = None, subject: Descriptor | None = None,
+                   artifact_type: str | None = None, annotations: Mapping[str, str] | None = None) -> bytes:
     """Bytes of an OCI image manifest. CONFIG defaults to the empty JSON config (ORAS artifacts)."""
     if config is None:
         config = Descriptor(OCI_EMPTY, digest_bytes(EMPTY_JSON), len(EMPTY_JSON))
@@ -167,7 +173,7 @@ def build_manifest(layers, config=None, subject=None, artifact_type=None, annota
     return encode_json(manifest)
 
 
-def filter_referrers(descriptors, artifact_type=None):
+def filter_referrers(descriptors: Iterable[Descriptor], artifact_type: str | None = None) -> List[Descriptor]:
     """DESCRIPTORS whose artifact type is ARTIFACT_TYPE (all when None)."""
     return [d for d in descriptors if artifact_type is None or d.artifact_type == artifact_type]
 
@@ -177,56 +183,58 @@ class OciStore:
     ``ref`` a tag or a digest. Counters of what was transferred are kept in ``stats`` (see STAT_KEYS).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.stats = new_stats()
 
-    def resolve(self, repo, ref):
+    def resolve(self, repo: str | None, ref: str) -> Descriptor:
         """The Descriptor (digest, media_type, size) REF points to; NotFoundError when it does not exist."""
         raise NotImplementedError
 
-    def get_manifest(self, repo, ref):
+    def get_manifest(self, repo: str | None, ref: str) -> Tuple[bytes, str, str]:
         """``(bytes, digest, media_type)`` of a manifest or index; the digest is verified."""
         raise NotImplementedError
 
-    def put_manifest(self, repo, ref, data, media_type):
+    def put_manifest(self, repo: str | None, ref: str, data: bytes, media_type: str) -> str:
         """Store manifest bytes DATA under REF (a tag, or its digest); return the digest.
 
         A manifest with a ``subject`` becomes discoverable through ``referrers`` of that subject.
         """
         raise NotImplementedError
 
-    def blob_exists(self, repo, digest):
+    def blob_exists(self, repo: str | None, digest: str) -> bool:
         """True when the blob is present."""
         raise NotImplementedError
 
-    def push_blob(self, repo, source, digest, size):
+    def push_blob(self, repo: str | None, source: str | bytes, digest: str, size: int) -> bool:
         """Store SOURCE (a file path or bytes) as blob DIGEST unless present; True when bytes were transferred."""
         raise NotImplementedError
 
-    def read_blob(self, repo, digest, max_size=MAX_MANIFEST_SIZE):
+    def read_blob(self, repo: str | None, digest: str, max_size: int = MAX_MANIFEST_SIZE) -> bytes:
         """A small blob (config, metadata) as verified bytes."""
         raise NotImplementedError
 
-    def fetch_blob_to(self, repo, descriptor, dest_dir, name, mode=None, progress=None, cache=None, link=False):
+    def fetch_blob_to(self, repo: str | None, descriptor: Descriptor, dest_dir: str, name: str, mode: int | None = None,
+                      progress: Callable[[int, int], None] | None = None, cache: BlobCache | None = None,
+                      link: bool = False) -> str:
         """Place blob DESCRIPTOR at DEST_DIR/NAME, verified and atomically (through CACHE, a BlobCache, when given).
 
         With LINK and a CACHE, the file is a hard link to the cache entry where it can be (see BlobCache.place), for
         trees never written to; an entry already in the cache is re-hashed first, since it is trusted from then on."""
         raise NotImplementedError
 
-    def list_tags(self, repo):
+    def list_tags(self, repo: str | None) -> List[str]:
         """All tags of the repository ([] when it does not exist)."""
         raise NotImplementedError
 
-    def referrers(self, repo, digest, artifact_type=None):
+    def referrers(self, repo: str | None, digest: str, artifact_type: str | None = None) -> List[Descriptor]:
         """Descriptors of the manifests whose subject is DIGEST, optionally only of ARTIFACT_TYPE."""
         raise NotImplementedError
 
-    def delete_manifest(self, repo, ref):
+    def delete_manifest(self, repo: str | None, ref: str) -> None:
         """Delete a manifest (by digest, or by the digest a tag points to) and with it every tag that points to it."""
         raise NotImplementedError
 
-    def tag(self, repo, ref, new_tag):
+    def tag(self, repo: str | None, ref: str, new_tag: str) -> bool:
         """Point NEW_TAG at what REF points to, without copying any blob; return True when the tag moved."""
         data, digest, media_type = self.get_manifest(repo, ref)
         try:

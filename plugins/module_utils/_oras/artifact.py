@@ -16,9 +16,11 @@ import os
 import shutil
 import stat
 import tempfile
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.download import (
     FILE_MODE_ANNOTATION,
+    BlobCache,
     file_matches,
     format_file_mode,
     name_parts,
@@ -35,6 +37,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     OCI_MANIFEST,
     TITLE_ANNOTATION,
     Descriptor,
+    OciStore,
     build_manifest,
     parse_manifest,
 )
@@ -55,12 +58,13 @@ class LocalFile:
 
     __slots__ = ("path", "descriptor")
 
-    def __init__(self, path, descriptor):
+    def __init__(self, path: str, descriptor: Descriptor) -> None:
         self.path = path
         self.descriptor = descriptor
 
 
-def describe_file(path, name=None, media_type=None, annotations=None, record_mode=True):
+def describe_file(path: str, name: str | None = None, media_type: str | None = None,
+                  annotations: Mapping[str, str] | None = None, record_mode: bool = True) -> LocalFile:
     """A LocalFile for PATH: hashed, titled NAME (default: its base name), its permission bits recorded."""
     try:
         info = os.stat(path)
@@ -79,7 +83,7 @@ def describe_file(path, name=None, media_type=None, annotations=None, record_mod
     return LocalFile(path, Descriptor(media_type or DEFAULT_LAYER_MEDIA_TYPE, digest, size, annotations=notes))
 
 
-def describe_directory(directory, media_type=None, record_mode=True):
+def describe_directory(directory: str, media_type: str | None = None, record_mode: bool = True) -> List[LocalFile]:
     """LocalFiles for every regular file below DIRECTORY, titled by relative path, in sorted order.
 
     Symbolic links and special files are refused rather than followed: what is pushed is what is listed.
@@ -101,7 +105,7 @@ def describe_directory(directory, media_type=None, record_mode=True):
     return files
 
 
-def check_unique_titles(files):
+def check_unique_titles(files: Iterable[LocalFile]) -> None:
     """Refuse two files with the same name in one artifact: the second would overwrite the first on pull."""
     seen = {}
     for item in files:
@@ -111,12 +115,12 @@ def check_unique_titles(files):
         seen[title] = item.path
 
 
-def empty_config():
+def empty_config() -> Descriptor:
     """The descriptor of the empty JSON config ORAS artifacts carry."""
     return Descriptor(OCI_EMPTY, digest_bytes(EMPTY_JSON), len(EMPTY_JSON))
 
 
-def current_digest(store, repo, ref):
+def current_digest(store: OciStore, repo: str | None, ref: str) -> str | None:
     """The digest REF points to, or None when it does not exist."""
     try:
         return store.resolve(repo, ref).digest
@@ -124,8 +128,10 @@ def current_digest(store, repo, ref):
         return None
 
 
-def push_artifact(store, repo, tags, files, config_path=None, config_media_type=None, artifact_type=None,
-                  annotations=None, subject=None, check_mode=False):
+def push_artifact(store: OciStore, repo: str | None, tags: Iterable[str], files: Sequence[LocalFile],
+                  config_path: str | None = None, config_media_type: str | None = None,
+                  artifact_type: str | None = None, annotations: Mapping[str, str] | None = None,
+                  subject: Descriptor | None = None, check_mode: bool = False) -> Dict[str, Any]:
     """Push FILES (LocalFiles) as one manifest and point every tag in TAGS at it.
 
     Blobs already in the store are not sent again. Returns a dict: digest, size, media_type, changed,
@@ -158,7 +164,7 @@ def push_artifact(store, repo, tags, files, config_path=None, config_media_type=
             "before": before, "uploaded": uploaded, "manifest": manifest}
 
 
-def load_manifest(store, repo, ref, what):
+def load_manifest(store: OciStore, repo: str | None, ref: str, what: str) -> Tuple[Dict[str, Any], str, str]:
     """``(manifest dict, digest, media_type)`` of REF; an index is refused with a message saying what to do."""
     data, digest, media_type = store.get_manifest(repo, ref)
     manifest = parse_manifest(data, what)
@@ -167,7 +173,7 @@ def load_manifest(store, repo, ref, what):
     return manifest, digest, media_type
 
 
-def is_unpack_layer(descriptor):
+def is_unpack_layer(descriptor: Descriptor) -> bool:
     """True for a directory layer as the oras CLI pushes it: a tar archive to unpack under its title."""
     return str(descriptor.annotations.get(UNPACK_ANNOTATION, "")).lower() == "true"
 
@@ -190,7 +196,8 @@ def _unpack_state(dest, name, path, descriptor):
     return "present"
 
 
-def plan_pull(manifest, dest, what, create=True, unpack=False):
+def plan_pull(manifest: Mapping[str, Any], dest: str, what: str, create: bool = True,
+              unpack: bool = False) -> Tuple[List[Dict[str, Any]], List[str]]:
     """What pulling MANIFEST into DEST means, file by file.
 
     Returns ``(files, skipped)``: files is a list of dicts (name, path, descriptor, mode, state, unpack) where
@@ -242,7 +249,7 @@ def _check_tar_digest(archive, expected, where):
                        f"its {UNPACKED_DIGEST_ANNOTATION} annotation records; push the directory again")
 
 
-def unpack_layer(dest, item, archive, what):
+def unpack_layer(dest: str, item: Mapping[str, Any], archive: str, what: str) -> None:
     """Unpack the verified directory layer ARCHIVE of ITEM into DEST/<title>, replacing what was there only once the
     whole tree is extracted; record what it was unpacked from. Members are held to the data policy of extract_tar
     and must lie under the title, as the oras CLI writes them."""
@@ -281,8 +288,9 @@ def unpack_layer(dest, item, archive, what):
     atomic_write(os.path.join(dest, UNPACKED_RECORD), (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
 
-def pull_artifact(store, repo, ref, dest, what, cache=None, expected_digest=None, check_mode=False, link=False,
-                  unpack=False):
+def pull_artifact(store: OciStore, repo: str | None, ref: str, dest: str, what: str, cache: BlobCache | None = None,
+                  expected_digest: str | None = None, check_mode: bool = False, link: bool = False,
+                  unpack: bool = False) -> Dict[str, Any]:
     """Place every named file of the artifact REF in DEST, verified; fetch only what is missing or different.
 
     LINK hard-links files to the CACHE's entries where possible (for trees never written to, see fetch_blob_to).

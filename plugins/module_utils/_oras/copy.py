@@ -21,11 +21,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import NotFoundError, OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import split_digest
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import manifest_children, parse_manifest
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import Descriptor, OciStore, manifest_children, parse_manifest
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import current_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._oras.referrers import referrer_graph
 
@@ -40,7 +41,8 @@ class ArtifactCopy:
     re-tags. TEMP_DIR is where blobs wait between download and upload (default: the system's temp directory).
     """
 
-    def __init__(self, source, source_repo, destination, destination_repo, temp_dir=None):
+    def __init__(self, source: OciStore, source_repo: str | None, destination: OciStore, destination_repo: str | None,
+                 temp_dir: str | None = None) -> None:
         self.source = source
         self.source_repo = source_repo
         self.destination = destination
@@ -54,9 +56,7 @@ class ArtifactCopy:
         self._blobs_done = set()
         self._scratch = None
 
-    # -- what the destination has -------------------------------------------------------------
-
-    def destination_has(self, digest):
+    def destination_has(self, digest: str) -> bool:
         """True when the destination holds manifest DIGEST."""
         if self.same_repository:
             return True
@@ -78,9 +78,7 @@ class ArtifactCopy:
             return False
         return isinstance(self.destination, LayoutStore) or not self.destination_has(digest)
 
-    # -- copying ------------------------------------------------------------------------------
-
-    def copy_children(self, digest, data):
+    def copy_children(self, digest: str, data: bytes) -> None:
         """Make sure everything the manifest DATA (digest DIGEST) points to is at the destination."""
         if not self._must_walk(digest):
             return
@@ -94,7 +92,7 @@ class ArtifactCopy:
             for blob in children:
                 self.copy_blob(blob)
 
-    def copy_manifest(self, digest, force=False):
+    def copy_manifest(self, digest: str, force: bool = False) -> None:
         """Copy manifest DIGEST and its children, storing it by digest unless present (or FORCE: store it anyway,
         which makes a registry or layout list it as a referrer of its subject)."""
         if digest in self._manifests_done:
@@ -110,7 +108,7 @@ class ArtifactCopy:
             self._present[digest] = True
             self.counts["manifests_copied"] += 1
 
-    def copy_blob(self, descriptor):
+    def copy_blob(self, descriptor: Descriptor) -> None:
         """Put blob DESCRIPTOR at the destination unless it is there: mount, push from a layout, or download and push."""
         digest = descriptor.digest
         if digest in self._blobs_done:
@@ -138,7 +136,7 @@ class ArtifactCopy:
         self.counts["blobs_copied"] += 1
         self.counts["bytes_copied"] += descriptor.size
 
-    def copy_root(self, digest, refs, referrers=()):
+    def copy_root(self, digest: str, refs: Iterable[str], referrers: Iterable[Descriptor] = ()) -> None:
         """Copy manifest DIGEST with its children, store it under every tag (or digest) in REFS, then copy
         REFERRERS (Descriptors, subjects before their own referrers) so the destination lists them."""
         try:
@@ -159,14 +157,15 @@ class ArtifactCopy:
             self._scratch = tempfile.mkdtemp(prefix="sciops-oras-copy-", dir=self.temp_dir)
         return self._scratch
 
-    def close(self):
+    def close(self) -> None:
         """Remove the temporary directory (and any partial download in it)."""
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
 
-def plan_copy(copier, digest, tags, recursive):
+def plan_copy(copier: ArtifactCopy, digest: str, tags: Sequence[str],
+              recursive: bool) -> Tuple[Dict[str, str | None], List[Tuple[str, Descriptor]], List[Tuple[str, Descriptor]]]:
     """What copying DIGEST to TAGS (with its referrers when RECURSIVE) would change, without changing anything.
 
     Returns ``(before, missing, referrers)``: before maps each destination tag (or, with no tags, the digest)
@@ -190,7 +189,8 @@ def plan_copy(copier, digest, tags, recursive):
     return before, missing, referrers
 
 
-def copy_artifact(copier, source_ref, tags, recursive=False, check_mode=False, expected_digest=None):
+def copy_artifact(copier: ArtifactCopy, source_ref: str, tags: Sequence[str], recursive: bool = False,
+                  check_mode: bool = False, expected_digest: str | None = None) -> Dict[str, Any]:
     """Copy what SOURCE_REF (a tag or digest in the copier's source) points to, to TAGS at the destination.
 
     With no TAGS the manifest is stored by digest only. RECURSIVE also copies its referrers (and theirs).

@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Dict
+
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     INDEX_MEDIA_TYPES,
+    OciStore,
     manifest_children,
     parse_manifest,
 )
@@ -16,7 +19,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oras.referrers impor
 MAX_CONFIG_SIZE = 1024 * 1024
 
 
-def describe_reference(store, repo, ref, max_config_size=MAX_CONFIG_SIZE):
+def describe_reference(store: OciStore, repo: str | None, ref: str,
+                       max_config_size: int = MAX_CONFIG_SIZE) -> Dict[str, Any]:
     """A dict describing the manifest REF points to: digest, media_type, size, manifest (parsed), artifact_type,
     annotations, subject (digest or None), layers (named files) or manifests (of an index), config (parsed JSON or
     text when at most MAX_CONFIG_SIZE bytes, else None) and config_descriptor."""

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
+
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, open_store
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
-from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import Reference, parse_reference
+from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import OciStore
 
 # Documented in plugins/doc_fragments/registry.py; validate-modules checks the two agree.
 REGISTRY_ARGUMENT_SPEC = {
@@ -22,14 +25,14 @@ REGISTRY_ARGUMENT_SPEC = {
 }
 
 
-def registry_argument_spec(**options):
+def registry_argument_spec(**options: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """The module's own OPTIONS merged with the shared registry options."""
     spec = {name: dict(value) for name, value in REGISTRY_ARGUMENT_SPEC.items()}
     spec.update(options)
     return spec
 
 
-def registry_options(params):
+def registry_options(params: Mapping[str, Any]) -> Dict[str, Any]:
     """Keyword arguments for RegistryClient from the module's parameters."""
     return {
         "username": params.get("username"),
@@ -43,7 +46,8 @@ def registry_options(params):
     }
 
 
-def open_reference(params, text, option, create_layout=False, default_tag=None):
+def open_reference(params: Mapping[str, Any], text: str, option: str, create_layout: bool = False,
+                   default_tag: str | None = None) -> Tuple[Reference, OciStore]:
     """Parse reference TEXT (from module option OPTION) and open its store: ``(reference, store)``."""
     try:
         reference = parse_reference(text, default_tag=default_tag)
@@ -52,7 +56,7 @@ def open_reference(params, text, option, create_layout=False, default_tag=None):
     return reference, open_store(reference, create_layout=create_layout, **registry_options(params))
 
 
-def split_target(target, extra_tags):
+def split_target(target: str, extra_tags: Iterable[str]) -> Tuple[str, List[str]]:
     """``registry/repo:tag1,tag2`` -> (``registry/repo:tag1``, [tag1, tag2, *extra_tags])."""
     head, _sep, more = target.partition(",")
     tags = [t.strip() for t in more.split(",") if t.strip()] if more else []

@@ -11,54 +11,59 @@ the API, or a scan of index.json in an OCI image layout. Used by oras_attach, or
 from __future__ import annotations
 
 import json
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.layout import LayoutStore
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import is_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     OCI_MANIFEST,
+    Descriptor,
+    OciStore,
     manifest_children,
     parse_manifest,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import push_artifact
+from ansible_collections.sciops.fleet.plugins.module_utils._oras.artifact import LocalFile, push_artifact
 
 DEFAULT_MAX_CONTENT_SIZE = 1024 * 1024
 # Referrers of referrers (a signature of an SBOM of an image) are followed this deep, no deeper.
 MAX_REFERRER_DEPTH = 8
 
 
-def annotation_text(value):
+def annotation_text(value: Any) -> str:
     """An annotation value as the string OCI requires: YAML's true/false/42 become "true"/"false"/"42"."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
-def annotation_strings(annotations):
+def annotation_strings(annotations: Mapping[Any, Any] | None) -> Dict[str, str]:
     """ANNOTATIONS (a dict or None) with every value a string."""
     return {str(key): annotation_text(value) for key, value in (annotations or {}).items()}
 
 
-def referrers_mechanism(store):
+def referrers_mechanism(store: OciStore) -> str | None:
     """How STORE found referrers: ``api``, ``tag_schema``, ``layout_index``, or None when it cannot tell."""
     if isinstance(store, LayoutStore):
         return "layout_index"
     return getattr(store, "referrers_mechanism", None)
 
 
-def resolve_subject(store, repo, ref, option="subject"):
+def resolve_subject(store: OciStore, repo: str | None, ref: str | None, option: str = "subject") -> Descriptor:
     """The Descriptor of the manifest REF (a tag or digest) points to; a missing REF is an error naming OPTION."""
     if not ref:
         raise OciError(f"{option} names no tag or digest; write it as REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@DIGEST")
     return store.resolve(repo, ref)
 
 
-def is_listed(store, repo, subject_digest, digest):
+def is_listed(store: OciStore, repo: str | None, subject_digest: str, digest: str) -> bool:
     """True when DIGEST is among the referrers STORE lists for SUBJECT_DIGEST."""
     return any(found.digest == digest for found in store.referrers(repo, subject_digest))
 
 
-def attach(store, repo, subject, files, artifact_type, annotations=None, check_mode=False):
+def attach(store: OciStore, repo: str | None, subject: Descriptor, files: Sequence[LocalFile],
+           artifact_type: str | None, annotations: Mapping[str, str] | None = None,
+           check_mode: bool = False) -> Dict[str, Any]:
     """Attach FILES (LocalFiles) to SUBJECT (a Descriptor) as a referrer of ARTIFACT_TYPE.
 
     The referrer is stored by digest only. It is idempotent by content: the same files, type and annotations
@@ -80,15 +85,11 @@ def attach(store, repo, subject, files, artifact_type, annotations=None, check_m
     return outcome
 
 
-# ---------------------------------------------------------------------------------------------
-# discovery
-
-
 def _matches(annotations, wanted):
     return all(annotations.get(key) == value for key, value in wanted.items())
 
 
-def decode_content(data):
+def decode_content(data: bytes) -> Any:
     """File content for a play: parsed JSON when it parses, else text; None when it is not UTF-8 text."""
     try:
         text = data.decode("utf-8")
@@ -119,8 +120,9 @@ def _read_files(store, repo, manifest, where, max_content_size):
     return files, content
 
 
-def discover(store, repo, subject_digest, artifact_type=None, annotations=None, fetch_content=False,
-             max_content_size=DEFAULT_MAX_CONTENT_SIZE):
+def discover(store: OciStore, repo: str | None, subject_digest: str, artifact_type: str | None = None,
+             annotations: Mapping[str, Any] | None = None, fetch_content: bool = False,
+             max_content_size: int = DEFAULT_MAX_CONTENT_SIZE) -> List[Dict[str, Any]]:
     """The referrers of SUBJECT_DIGEST as dicts (digest, artifact_type, media_type, size, annotations), in the
     order the store lists them, filtered by ARTIFACT_TYPE and by ANNOTATIONS (every key/value must match).
 
@@ -150,7 +152,8 @@ def discover(store, repo, subject_digest, artifact_type=None, annotations=None, 
     return found
 
 
-def referrer_graph(store, repo, digest, max_depth=MAX_REFERRER_DEPTH):
+def referrer_graph(store: OciStore, repo: str | None, digest: str,
+                   max_depth: int = MAX_REFERRER_DEPTH) -> List[Tuple[str, Descriptor]]:
     """The referrers of DIGEST and, recursively, theirs: ``[(subject digest, Descriptor)]``, subjects first."""
     graph, seen, level = [], {digest}, [digest]
     for _depth in range(max_depth):

@@ -1,8 +1,8 @@
 # Copyright (c) sciops.fleet contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module is private to sciops.fleet; its API may change without notice.
-"""Build host side of RPM packaging: run rpmbuild reproducibly in a scratch directory, sign, move into place,
-and keep repository metadata with createrepo_c.
+"""Build host side of RPM packaging: run rpmbuild reproducibly in a scratch directory, sign, move into place.
+(``_rpm/repo.py`` reads repositories.)
 
 Every tool runs through RUN, a callable ``run(argv, env=None) -> (rc, stdout, stderr)`` (AnsibleModule's
 run_command in the modules), so nothing here needs Ansible.
@@ -15,12 +15,14 @@ import re
 import shlex
 import shutil
 import tempfile
+from typing import Any, Callable, Dict, List, Mapping, Set, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import fsync_dir, link_unsupported
 from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file
-from ansible_collections.sciops.fleet.plugins.module_utils._rpm.spec import package_changelog, plan_packages, render_spec
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.spec import plan_packages
+from ansible_collections.sciops.fleet.plugins.module_utils._rpm.specfile import evr, package_changelog, render_spec
 
 COMPRESSION_DEFAULT_LEVEL = {"zstd": 3, "xz": 6, "gzip": 6, "none": 0}
 # rpm's payload I/O names; 'T0' lets zstd and xz use a thread per CPU.
@@ -32,7 +34,7 @@ class RpmBuildError(FleetError):
     """A tool failed or the destination cannot take the packages; the message says which and why."""
 
 
-def payload_macro(compression, level=None):
+def payload_macro(compression: str, level: int | None = None) -> str:
     """The %_binary_payload value for COMPRESSION at LEVEL (the default level when None)."""
     if compression not in _PAYLOAD:
         raise RpmBuildError(f"compression must be one of {', '.join(_PAYLOAD)}, not {compression!r}")
@@ -43,7 +45,8 @@ def payload_macro(compression, level=None):
     return _PAYLOAD[compression].format(level=level)
 
 
-def rpmbuild_defines(topdir, source_date_epoch, compression="zstd", level=None, strip=False, debuginfo=False):
+def rpmbuild_defines(topdir: str, source_date_epoch: int, compression: str = "zstd", level: int | None = None,
+                     strip: bool = False, debuginfo: bool = False) -> List[str]:
     """The --define arguments that make rpmbuild fast for prebuilt binaries and its output reproducible."""
     defines = {
         "_topdir": topdir,
@@ -69,7 +72,7 @@ def rpmbuild_defines(topdir, source_date_epoch, compression="zstd", level=None, 
     return args
 
 
-def query_package(run, path):
+def query_package(run: Callable[..., Tuple[int, str, str]], path: str) -> Dict[str, str]:
     """Header facts of the RPM at PATH: name, epoch, version, release, arch, header and payload digests, signature."""
     rc, out, err = run(["rpm", "-qp", "--nosignature", "--nodigest", "--qf", QUERY_FORMAT, path])
     if rc != 0 or not out.strip():
@@ -94,7 +97,7 @@ def _same_package(run, old, new, new_digest, key_ids):
     return same and signature_key_id(before["signature"]) in key_ids
 
 
-def signature_key_id(signature):
+def signature_key_id(signature: str | None) -> str:
     """The key id in rpm's ``%{RSAHEADER:pgpsig}`` text (``RSA/SHA256, <date>, Key ID 0123456789abcdef``), lower
     case; empty when there is none."""
     found = re.search(r"Key ID ([0-9A-Fa-f]+)", signature or "")
@@ -108,7 +111,7 @@ def _gpg():
     return gpg
 
 
-def signing_key_ids(run, key, gpg_home=None):
+def signing_key_ids(run: Callable[..., Tuple[int, str, str]], key: str, gpg_home: str | None = None) -> Set[str]:
     """The long key ids (lower case) of the secret key KEY (a user id, fingerprint, long or short id) and its
     subkeys, as gpg resolves KEY when it signs: a signature by any of them is a signature by KEY."""
     argv = [_gpg(), "--batch", "--with-colons", "--list-secret-keys", "--", key]
@@ -123,7 +126,8 @@ def signing_key_ids(run, key, gpg_home=None):
     return ids | {key_id[-8:] for key_id in ids}
 
 
-def package_source_date_epoch(spec, package, plan, tree, given=None):
+def package_source_date_epoch(spec: Mapping[str, Any], package: Mapping[str, Any], plan: Mapping[str, Any], tree: str,
+                              given: int | None = None) -> int:
     """SOURCE_DATE_EPOCH of PACKAGE: GIVEN, else its newest changelog date, else its newest file in TREE."""
     if given is not None:
         return given
@@ -136,7 +140,7 @@ def package_source_date_epoch(spec, package, plan, tree, given=None):
     return newest
 
 
-def stage_package(tree, entry, root, copy=False):
+def stage_package(tree: str, entry: Mapping[str, Any], root: str, copy: bool = False) -> None:
     """Lay PACKAGE's files (ENTRY of the plan) out under ROOT as hard links to TREE (copies when COPY or when a
     link is impossible), directories with the tree's modes."""
     def make_dir(relative):
@@ -167,8 +171,10 @@ def stage_package(tree, entry, root, copy=False):
         shutil.copy2(source, target)
 
 
-def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="zstd", level=None, strip=False,
-                   debuginfo=False, sign_key=None, gpg_home=None, check_mode=False):
+def build_packages(run: Callable[..., Tuple[int, str, str]], spec: Mapping[str, Any], tree: str, dest: str,
+                   source_date_epoch: int | None = None, compression: str = "zstd", level: int | None = None,
+                   strip: bool = False, debuginfo: bool = False, sign_key: str | None = None,
+                   gpg_home: str | None = None, check_mode: bool = False) -> Dict[str, Any]:
     """Build SPEC's packages from TREE into DEST; return a dict: changed, packages (per package its file, digest,
     nevra, changed, source_date_epoch), spec_text (every spec file written).
 
@@ -229,7 +235,7 @@ def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="z
             if digest is None:  # signed: the bytes that stay are the kept package's, or the newly signed ones
                 digest = digest_file(final if unchanged else built)
             results.append({"name": name, "file": file_name, "path": final, "changed": not unchanged,
-                            "nevra": f"{name}-{_evr(package)}.{spec['arch']}", "version": package["version"],
+                            "nevra": f"{name}-{evr(package)}.{spec['arch']}", "version": package["version"],
                             "release": package["release"], "epoch": package["epoch"],
                             "source_date_epoch": epochs[name], "digest": digest[0], "size": digest[1],
                             "_built": built})
@@ -249,17 +255,12 @@ def build_packages(run, spec, tree, dest, source_date_epoch=None, compression="z
 
 def _predicted(spec, dest, epochs):
     packages = [{"name": p["name"], "file": f"{p['name']}-{p['version']}-{p['release']}.{spec['arch']}.rpm",
-                 "changed": True, "nevra": f"{p['name']}-{_evr(p)}.{spec['arch']}", "version": p["version"],
+                 "changed": True, "nevra": f"{p['name']}-{evr(p)}.{spec['arch']}", "version": p["version"],
                  "release": p["release"], "epoch": p["epoch"], "digest": None, "size": None,
                  "source_date_epoch": epochs[p["name"]]} for p in spec["packages"]]
     for entry in packages:
         entry["path"] = os.path.join(dest, entry["file"])
     return {"changed": True, "packages": packages, "spec_text": ""}
-
-
-def _evr(package):
-    epoch = f"{package['epoch']}:" if package["epoch"] is not None else ""
-    return f"{epoch}{package['version']}-{package['release']}"
 
 
 def _date_epoch(date):
@@ -272,7 +273,7 @@ def _tail(text, lines=12):
     return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip()) or "(no output)"
 
 
-def sign_package(run, path, key, gpg_home=None):
+def sign_package(run: Callable[..., Tuple[int, str, str]], path: str, key: str, gpg_home: str | None = None) -> None:
     """Sign the RPM at PATH with gpg key KEY (rpmsign --addsign); the key must not ask for a passphrase."""
     gpg = _gpg()
     # rpm's %__gpg names gpg2 on some systems and gpg on others: give it the one that is here.
@@ -284,50 +285,3 @@ def sign_package(run, path, key, gpg_home=None):
     if rc != 0:
         raise RpmBuildError(f"signing {os.path.basename(path)} with key {key} failed (exit {rc}): {_tail(err or out)}; "
                             "check sign_key and gpg_home, and that the key needs no passphrase prompt")
-
-
-# -- repositories ----------------------------------------------------------------------------------
-
-
-def repo_state(path):
-    """What a repository's metadata says: the repomd.xml bytes' digest, or None when there is none."""
-    repomd = os.path.join(path, "repodata", "repomd.xml")
-    return digest_file(repomd)[0] if os.path.isfile(repomd) else None
-
-
-def list_packages(path):
-    """RPM files below PATH (relative, sorted) and their sizes and modification times, as createrepo_c sees them."""
-    found = {}
-    for base, dirs, names in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d not in ("repodata", ".repodata") and not d.startswith("."))
-        for name in names:
-            if name.endswith(".rpm") and not name.startswith("."):
-                full = os.path.join(base, name)
-                info = os.stat(full)
-                found[os.path.relpath(full, path)] = (info.st_size, int(info.st_mtime))
-    return dict(sorted(found.items()))
-
-
-def primary_packages(run, path):
-    """The packages repository metadata at PATH lists, as relative locations, read back with createrepo_c's own
-    output (repodata/*primary.xml*)."""
-    import glob  # pylint: disable=import-outside-toplevel
-    import gzip  # pylint: disable=import-outside-toplevel
-    import re  # pylint: disable=import-outside-toplevel
-    matches = sorted(glob.glob(os.path.join(path, "repodata", "*primary.xml*")))
-    locations = []
-    for match in matches:
-        if match.endswith(".gz"):
-            with gzip.open(match, "rt", encoding="utf-8") as handle:
-                text = handle.read()
-        elif match.endswith(".zst"):
-            rc, text, err = run(["zstd", "-dc", match])
-            if rc != 0:
-                raise RpmBuildError(f"cannot read {match}: {err.strip()}")
-        elif match.endswith(".xml"):
-            with open(match, encoding="utf-8") as handle:
-                text = handle.read()
-        else:
-            continue
-        locations += re.findall(r'<location href="([^"]+)"', text)
-    return sorted(set(locations))

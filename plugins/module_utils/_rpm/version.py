@@ -22,6 +22,7 @@ release, so a later build of the same version sorts after an earlier one.
 from __future__ import annotations
 
 import re
+from typing import Dict, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 
@@ -38,7 +39,7 @@ class RpmVersionError(FleetError, ValueError):
     """A version, release or EVR string rpm cannot take; the message says what to write instead."""
 
 
-def rpmvercmp(a, b):
+def rpmvercmp(a: object, b: object) -> int:
     """Compare two version (or release) strings as rpm's rpmvercmp does: -1, 0 or 1.
 
     Segments of ASCII digits or letters are compared in turn (numbers numerically, a number beats letters),
@@ -114,7 +115,7 @@ def _isalpha(char):
     return char.isascii() and char.isalpha()
 
 
-def parse_evr(text):
+def parse_evr(text: object) -> Tuple[str | None, str, str | None]:
     """``[EPOCH:]VERSION[-RELEASE]`` -> (epoch or None, version, release or None), as rpm parses it."""
     text = str(text).strip()
     epoch, sep, rest = text.partition(":")
@@ -130,7 +131,7 @@ def parse_evr(text):
     return epoch, version, release
 
 
-def evr_compare(a, b):
+def evr_compare(a: object, b: object) -> int:
     """Compare two ``[E:]V[-R]`` strings as rpm does (``rpm.vercmp``): -1, 0 or 1.
 
     A missing epoch counts as 0 and a missing release as empty, so ``1.0 < 1.0-1`` as rpm.vercmp says.
@@ -145,7 +146,7 @@ def evr_compare(a, b):
     return result
 
 
-def check_version(value, field="version"):
+def check_version(value: object, field: str = "version") -> str:
     """VALUE if it is a valid RPM Version; else RpmVersionError naming FIELD and saying what to write."""
     value = str(value)
     if "-" in value:
@@ -158,7 +159,7 @@ def check_version(value, field="version"):
     return value
 
 
-def check_release(value, field="release"):
+def check_release(value: object, field: str = "release") -> str:
     """VALUE if it is a valid RPM Release; else RpmVersionError naming FIELD."""
     value = str(value)
     if not value or "-" in value or not _RELEASE_CHARS.match(value) or not value[0].isalnum():
@@ -167,7 +168,8 @@ def check_release(value, field="release"):
     return value
 
 
-def rpm_version(release_version, build=1, revision=None, dist=""):
+def rpm_version(release_version: object, build: int | str = 1, revision: str | None = None,
+                dist: str = "") -> Dict[str, str]:
     """Map a release version, a build number and a source revision to ``{version, release, evr}``.
 
     See the module docstring for the scheme. Raises RpmVersionError for what cannot be mapped.

@@ -14,14 +14,11 @@ import contextlib
 import json
 import os
 import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import (
-    UnitError,
-    parse_exposure,
-    parse_show,
-    text_digest,
-)
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import parse_exposure, parse_show, text_digest
 
 # The environment every systemd tool runs with: no pager, no colours, parseable messages.
 TOOL_ENV = {"SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0", "SYSTEMD_LOG_COLOR": "0", "LC_ALL": "C"}
@@ -35,66 +32,67 @@ ENABLED_STATES = ("enabled", "enabled-runtime", "alias", "generated", "transient
 class Systemd:
     """The systemd commands a module needs. RUN is ``run(argv, env) -> (rc, stdout, stderr)``."""
 
-    def __init__(self, run, systemctl="systemctl", journalctl="journalctl", analyze="systemd-analyze"):
+    def __init__(self, run: Callable[[List[str], Dict[str, str]], Tuple[int, str, str]], systemctl: str = "systemctl",
+                 journalctl: str = "journalctl", analyze: str = "systemd-analyze") -> None:
         self._run = run
         self.systemctl = systemctl
         self.journalctl = journalctl
         self.analyze = analyze
 
-    def run(self, argv, env=None):
+    def run(self, argv: Iterable[str], env: Mapping[str, str] | None = None) -> Tuple[int, str, str]:
         merged = dict(TOOL_ENV)
         merged.update(env or {})
         return self._run(list(argv), merged)
 
-    def ctl(self, *args, check=True):
+    def ctl(self, *args: str, check: bool = True) -> Tuple[int, str, str]:
         rc, out, err = self.run([self.systemctl, *args])
         if check and rc != 0:
             raise UnitError(f"systemctl {' '.join(args)} failed (exit {rc}): {(err or out).strip()}",
                             command=[self.systemctl, *args])
         return rc, out, err
 
-    def daemon_reload(self):
+    def daemon_reload(self) -> None:
         self.ctl("daemon-reload")
 
-    def show(self, unit, properties=STATE_PROPERTIES):
+    def show(self, unit: str, properties: Iterable[str] = STATE_PROPERTIES) -> Dict[str, str]:
         args = ["show", "--no-pager"]
         for prop in properties:
             args += ["-p", prop]
         _rc, out, _err = self.ctl(*args, "--", unit, check=False)
         return parse_show(out)
 
-    def is_active(self, unit):
+    def is_active(self, unit: str) -> str:
         _rc, out, _err = self.ctl("is-active", "--", unit, check=False)
         return out.strip() or "unknown"
 
-    def is_enabled(self, unit):
+    def is_enabled(self, unit: str) -> str:
         _rc, out, _err = self.ctl("is-enabled", "--", unit, check=False)
         return out.strip().splitlines()[-1] if out.strip() else "not-found"
 
-    def instances(self, prefix, unit_type):
+    def instances(self, prefix: str, unit_type: str) -> List[str]:
         """The instances of template PREFIX@.UNIT_TYPE that systemd knows of (loaded, running or failed)."""
         _rc, out, _err = self.ctl("list-units", "--all", "--plain", "--no-legend", "--no-pager", "--",
                                   f"{prefix}@*.{unit_type}", check=False)
         return sorted({line.split()[0] for line in out.splitlines() if line.split()
                        and line.split()[0].startswith(f"{prefix}@")})
 
-    def cat(self, unit):
+    def cat(self, unit: str) -> str:
         rc, out, _err = self.ctl("cat", "--no-pager", "--", unit, check=False)
         return out if rc == 0 else ""
 
-    def journal(self, unit, lines):
+    def journal(self, unit: str, lines: int) -> List[str]:
         # Messages a dying process wrote may still be on their way to journald; ask it to catch up first.
         self.run([self.journalctl, "--sync"])
         _rc, out, err = self.run([self.journalctl, "-u", unit, "-n", str(lines), "--no-pager", "-o", "short-iso"])
         return [line for line in (out or err).splitlines() if line.strip()]
 
-    def verify(self, targets, search_dir):
+    def verify(self, targets: Iterable[str], search_dir: str) -> Tuple[int, str]:
         """``systemd-analyze verify`` of TARGETS (paths or unit names) with SEARCH_DIR first on the unit path."""
         rc, out, err = self.run([self.analyze, "verify", "--man=no", *targets],
                                 env={"SYSTEMD_UNIT_PATH": f"{search_dir}:"})
         return rc, "\n".join(part for part in (out, err) if part)
 
-    def security(self, unit):
+    def security(self, unit: str) -> Tuple[float | None, str | None]:
         """``(score, rating)`` of ``systemd-analyze security UNIT``, ``(None, None)`` when systemd cannot tell."""
         if not self.analyze:
             return None, None
@@ -111,7 +109,7 @@ class RestartRecord:
     each compares and updates only the files it names.
     """
 
-    def __init__(self, state_dir, unit):
+    def __init__(self, state_dir: str, unit: str) -> None:
         self.path = os.path.join(state_dir, unit + ".json")
         self.state_dir = state_dir
         try:
@@ -121,23 +119,23 @@ class RestartRecord:
             self.data = {}
 
     @property
-    def exists(self):
+    def exists(self) -> bool:
         return bool(self.data)
 
-    def unit_changed(self, unit_digest):
+    def unit_changed(self, unit_digest: str) -> bool:
         return self.data.get("unit") != unit_digest
 
-    def changed_files(self, files):
+    def changed_files(self, files: Mapping[str, str]) -> List[str]:
         """The paths of FILES (``{path: digest}``) whose digest differs from the record."""
         recorded = self.data.get("files") or {}
         return sorted(path for path, digest in files.items() if recorded.get(path) != digest)
 
-    def remove(self):
+    def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         self.data = {}
 
-    def save(self, unit_digest, files, invocation=None):
+    def save(self, unit_digest: str, files: Mapping[str, str], invocation: str | None = None) -> None:
         data = dict(self.data)
         data["unit"] = unit_digest
         data["files"] = dict(data.get("files") or {}, **files)
@@ -148,12 +146,13 @@ class RestartRecord:
         self.data = data
 
 
-def unit_digest(systemd, unit):
+def unit_digest(systemd: Systemd, unit: str) -> str:
     """The digest of the unit's effective text (its file and every drop-in, as ``systemctl cat`` shows it)."""
     return text_digest(systemd.cat(unit))
 
 
-def failure(systemd, unit, action, journal_lines, props=None, detail=None):
+def failure(systemd: Systemd, unit: str, action: str, journal_lines: int, props: Mapping[str, str] | None = None,
+            detail: str | None = None) -> UnitError:
     """A UnitError for UNIT that did not ACTION: its state and the last lines of its journal."""
     props = props or systemd.show(unit)
     journal = systemd.journal(unit, journal_lines) if journal_lines else []
@@ -170,7 +169,7 @@ def failure(systemd, unit, action, journal_lines, props=None, detail=None):
                      unit_result=props.get("Result"), exec_main_status=props.get("ExecMainStatus"), journal=journal)
 
 
-def start_and_check(systemd, unit, verb, settle, journal_lines):
+def start_and_check(systemd: Systemd, unit: str, verb: str, settle: float, journal_lines: int) -> Dict[str, str]:
     """Run ``systemctl VERB UNIT``, then watch it for SETTLE seconds; raise with state and journal on failure.
 
     A unit has failed when systemctl fails, or when during SETTLE it enters ``failed`` or waits to be restarted
@@ -190,7 +189,7 @@ def start_and_check(systemd, unit, verb, settle, journal_lines):
         time.sleep(0.2)
 
 
-def security_report(systemd, unit):
+def security_report(systemd: Systemd, unit: str) -> Dict[str, Any]:
     """``{"exposure": float, "exposure_rating": str}`` for a service unit, or Nones when systemd cannot tell."""
     score, rating = systemd.security(unit)
     return {"exposure": score, "exposure_rating": rating}

@@ -17,17 +17,23 @@ import re
 import shutil
 import tempfile
 import time
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
-from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file, tree_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
-from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import ArchiveError
-from ansible_collections.sciops.fleet.plugins.module_utils._common.archive import extract_tar
 from ansible_collections.sciops.fleet.plugins.module_utils._common.node_layout import LEGACY_MACHINES_STATE_DIR, MACHINES_STATE_DIR, migrate_state_files
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
+    Systemd,
     start_and_check,
 )
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError, render_sections
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import MachineError, UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.machine_image import (
+    detect_format,
+    extract_image,
+    file_identity,
+    image_digest,
+)
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import render_sections
 
 SETTINGS_HEADER = "# Managed by sciops.fleet.nspawn_container; local changes are overwritten on the next run."
 SETTINGS_ORDER = ("Exec", "Files", "Network")
@@ -66,22 +72,18 @@ _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BIND_RE = re.compile(r"^[^\s:]+(:[^\s:]+(:[A-Za-z0-9,]+)?)?$")
 
 
-class MachineError(UnitError):
-    """A machine could not be installed, configured or run; ``str()`` is the user-facing message."""
-
-
-def validate_name(name):
+def validate_name(name: str) -> str:
     if not _MACHINE_RE.match(name or ""):
         raise MachineError(f"name {name!r} is not a machine name: up to 64 letters, digits, '-' and '_', "
                            "starting with a letter or digit")
     return name
 
 
-def unit_name(name):
+def unit_name(name: str) -> str:
     return f"systemd-nspawn@{name}.service"
 
 
-def quote_arg(arg):
+def quote_arg(arg: str) -> str:
     """ARG as one word of a systemd setting (``Parameters=``): plain, or double-quoted with C escapes."""
     if "\n" in arg or "\0" in arg:
         raise MachineError(f"command: argument {arg!r} has a line break or NUL")
@@ -90,7 +92,7 @@ def quote_arg(arg):
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def settings_sections(params):
+def settings_sections(params: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
     """The .nspawn file as sections, from the module's options; ``settings`` adds or overrides directives."""
     exec_ = {"Boot": bool(params["boot"]), "PrivateUsers": params["private_users"]}
     if params["command"]:
@@ -137,88 +139,22 @@ def settings_sections(params):
     return {name: directives for name, directives in sections.items() if directives}
 
 
-def render_settings(sections):
+def render_settings(sections: Mapping[str, Mapping[str, Any]]) -> str:
     order = [name for name in SETTINGS_ORDER if name in sections] + [n for n in sections if n not in SETTINGS_ORDER]
     return render_sections(sections, order, SETTINGS_HEADER)
 
 
-# --------------------------------------------------------------------------------------------
-# images
-
-
-def detect_format(path):
-    """``directory``, ``squashfs`` or ``tar`` (plain or compressed with gzip, bzip2, xz or zstd), from the content."""
-    if os.path.isdir(path):
-        return "directory"
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(512)
-    except FileNotFoundError:
-        raise MachineError(f"image {path} does not exist on the node") from None
-    except OSError as exc:
-        raise MachineError(f"image {path} cannot be read: {exc.strerror}") from None
-    if head[:4] == b"hsqs":
-        return "squashfs"
-    compressed = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
-    if head.startswith(compressed) or head[257:262] == b"ustar":
-        return "tar"
-    raise MachineError(f"image {path} is neither a directory, a squashfs image nor a tar archive; "
-                       "set image_format if it is one of them")
-
-
-def extract_image(image, image_format, dest, run_tool, which, scratch_dir):
-    """Fill the empty directory DEST with IMAGE's tree (a directory, a tar archive or a squashfs image), owners,
-    modes and special files kept. A squashfs image needs unsquashfs, or squashfuse (mounted in a temporary
-    directory under SCRATCH_DIR and copied). RUN_TOOL(argv, what) raises on failure; WHICH(name) finds a tool."""
-    if image_format == "directory":
-        run_tool(["cp", "-a", "--", os.path.join(image, "."), dest], f"copying {image}")
-    elif image_format == "tar":
-        try:
-            extract_tar(image, dest, tree=True)
-        except ArchiveError as exc:
-            raise MachineError(f"extracting {image}: {exc}") from None
-    elif which("unsquashfs"):
-        # unsquashfs creates the destination itself.
-        os.rmdir(dest)
-        run_tool([which("unsquashfs"), "-no-progress", "-dest", dest, image], f"unsquashfs {image}")
-    elif which("squashfuse"):
-        mountpoint = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.mnt-", dir=scratch_dir)
-        try:
-            run_tool([which("squashfuse"), image, mountpoint], f"squashfuse {image}")
-            try:
-                run_tool(["cp", "-a", "--", os.path.join(mountpoint, "."), dest], f"copying {image}")
-            finally:
-                unmount = which("fusermount3") or which("fusermount")
-                run_tool([unmount, "-u", mountpoint] if unmount else ["umount", mountpoint], f"unmounting {mountpoint}")
-        finally:
-            try:
-                os.rmdir(mountpoint)
-            except OSError:
-                pass
-    else:
-        raise MachineError(f"image {image} is a squashfs image, and this node has neither unsquashfs "
-                           "(squashfs-tools) nor squashfuse to read it; install one, or use a tarball")
-
-
-def is_machine_record(file_name, data):
+def is_machine_record(file_name: str, data: Any) -> bool:
     """Whether FILE_NAME holding DATA is a machine's image record (``<machine>.json``: image, format, digest)."""
     return isinstance(data, dict) and all(key in data for key in ("image", "format", "digest"))
 
 
-def file_identity(path):
-    """``[size, mtime_ns, inode]`` of file PATH: unchanged only if nobody rewrote or replaced the file."""
-    info = os.stat(path)
-    return [info.st_size, info.st_mtime_ns, info.st_ino]
-
-
-def image_digest(path, image_format):
-    return tree_digest(path) if image_format == "directory" else digest_file(path)[0]
-
-
 class Machine:
-    """One run of the nspawn_container module. SYSTEMD is a ``_systemd_manager.Systemd``; RUN runs a command."""
+    """One run of the nspawn_container module. SYSTEMD is a ``_systemd.manager.Systemd``; RUN runs a command."""
 
-    def __init__(self, systemd, run, which, params, check_mode=False, diff=False):
+    def __init__(self, systemd: Systemd, run: Callable[[List[str]], Tuple[int, str, str]],
+                 which: Callable[[str], str | None], params: Mapping[str, Any], check_mode: bool = False,
+                 diff: bool = False) -> None:
         self.systemd = systemd
         self._run = run
         self.which = which
@@ -238,24 +174,23 @@ class Machine:
             "stopped": False, "removed": False, "pending_restart": False,
         }
 
-    def run_tool(self, argv, what):
+    def run_tool(self, argv: List[str], what: str) -> str:
         rc, out, err = self._run(argv)
         if rc != 0:
             raise MachineError(f"{what} failed (exit {rc}): {(err or out).strip()}", command=argv)
         return out
 
-    def record(self):
+    def record(self) -> Dict[str, Any]:
         try:
             with open(self.record_file, encoding="utf-8") as handle:
                 return json.load(handle)
         except (FileNotFoundError, ValueError):
             return {}
 
-    def running(self):
+    def running(self) -> bool:
         return self.systemd.is_active(self.unit) in ("active", "activating", "reloading")
 
-    # ------------------------------------------------------------------------------------------
-    def apply(self):
+    def apply(self) -> Dict[str, Any]:
         try:
             self._apply()
         except UnitError as exc:
@@ -329,7 +264,6 @@ class Machine:
                 self.systemd.ctl("disable", "--", self.unit)
         self.result["enabled_changed"] = True
 
-    # ------------------------------------------------------------------------------------------
     def _write_settings(self):
         text = render_settings(settings_sections(self.params))
         try:
@@ -415,7 +349,6 @@ class Machine:
         """Fill the empty directory DEST with IMAGE's tree, owners, modes and special files kept."""
         extract_image(image, image_format, dest, self.run_tool, self.which, self.params["machines_dir"])
 
-    # ------------------------------------------------------------------------------------------
     def _remove(self):
         if self.running():
             self._ctl("stop")

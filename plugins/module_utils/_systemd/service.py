@@ -14,19 +14,21 @@ import contextlib
 import os
 import shutil
 import tempfile
+from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
 from ansible_collections.sciops.fleet.plugins.module_utils._common.node_layout import LEGACY_UNITS_STATE_DIR, UNITS_STATE_DIR, migrate_state_files
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import UnitError
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
     RestartRecord,
+    Systemd,
     security_report,
     start_and_check,
     unit_digest,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import (
     MANAGED_HEADER,
-    UnitError,
     UnitName,
     apply_hardening,
     expand_instance,
@@ -59,7 +61,7 @@ ARGUMENT_SPEC = {
 MUTUALLY_EXCLUSIVE = [("sections", "content")]
 
 
-def parse_mode(mode):
+def parse_mode(mode: int | str) -> int:
     """A file mode given as ``"0644"``, ``"644"`` or an int."""
     if isinstance(mode, int):
         return mode
@@ -69,7 +71,7 @@ def parse_mode(mode):
         raise UnitError(f"mode {mode!r} is not an octal file mode such as 0644") from None
 
 
-def desired_text(params, unit, dropin):
+def desired_text(params: Mapping[str, Any], unit: UnitName, dropin: str | None) -> str | None:
     """The text the unit file (or drop-in) should hold, or None when the module only manages state."""
     if params.get("content") is not None:
         text = params["content"]
@@ -83,7 +85,7 @@ def desired_text(params, unit, dropin):
     return render_unit(sections, unit.type, default_keys)
 
 
-def unit_names(unit, instances):
+def unit_names(unit: UnitName, instances: Sequence[str]) -> List[str]:
     """The units the state and enablement apply to: the instances of a template, else the unit itself."""
     if unit.is_template:
         return [unit.instance_name(instance) for instance in instances]
@@ -92,7 +94,7 @@ def unit_names(unit, instances):
     return [unit.name]
 
 
-def is_restart_record(file_name, data):
+def is_restart_record(file_name: str, data: Any) -> bool:
     """Whether FILE_NAME holding DATA is a restart record (``<unit>.json``: the unit's digest and watched files)."""
     try:
         UnitName(file_name[:-len(".json")])
@@ -101,7 +103,7 @@ def is_restart_record(file_name, data):
     return isinstance(data, dict) and "unit" in data and isinstance(data.get("files"), dict)
 
 
-def read_text(path):
+def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read()
@@ -111,7 +113,8 @@ def read_text(path):
         return "(not UTF-8 text)\n"
 
 
-def verify_candidate(systemd, unit, dropin, text, units, unit_dir, strict, warn):
+def verify_candidate(systemd: Systemd, unit: UnitName, dropin: str | None, text: str, units: Sequence[str],
+                     unit_dir: str, strict: bool, warn: Callable[[str], None]) -> List[str]:
     """Verify TEXT as the unit (or drop-in) in a scratch directory; raise UnitError with systemd's words if refused.
 
     The scratch directory comes first on systemd's unit path, so a drop-in is verified together with the unit
@@ -150,9 +153,10 @@ def verify_candidate(systemd, unit, dropin, text, units, unit_dir, strict, warn)
 
 
 class ServiceUnit:
-    """One run of the service_unit module against SYSTEMD (a ``_systemd_manager.Systemd``)."""
+    """One run of the service_unit module against SYSTEMD (a ``_systemd.manager.Systemd``)."""
 
-    def __init__(self, systemd, params, check_mode=False, diff=False, warn=None):
+    def __init__(self, systemd: Systemd, params: Mapping[str, Any], check_mode: bool = False, diff: bool = False,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.systemd = systemd
         self.params = params
         self.check_mode = check_mode
@@ -186,8 +190,7 @@ class ServiceUnit:
             "exposure": None, "exposure_rating": None, "removed": False,
         }
 
-    # ------------------------------------------------------------------------------------------
-    def run(self):
+    def run(self) -> Dict[str, Any]:
         try:
             return self._run()
         except UnitError as exc:
@@ -220,7 +223,6 @@ class ServiceUnit:
         )
         return self.result
 
-    # ------------------------------------------------------------------------------------------
     def _remove(self):
         """state=absent: stop and disable the unit (or the template's instances), then remove its file (or the
         drop-in), reload systemd and forget what the instances were started with."""

@@ -3,16 +3,17 @@
 # This module is private to sciops.fleet; its API may change without notice.
 """systemd unit files as data: names, rendering from sections, hardened defaults, tool output parsing.
 
-Nothing here runs a command; ``_systemd_manager`` does that. Everything here is unit-tested.
+Nothing here runs a command; ``_systemd/manager.py`` does that. Everything here is unit-tested.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Any, Collection, Dict, Iterable, List, Mapping, Tuple
 
-from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_file, digest_text
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import UnitError
 
 UNIT_TYPES = ("service", "socket", "timer", "mount", "automount", "path", "target", "slice", "swap")
 
@@ -33,17 +34,10 @@ _DROPIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]*\.conf$")
 _EXPOSURE_RE = re.compile(r"Overall exposure level for (?P<unit>\S+):\s*(?P<score>\d+(?:\.\d+)?)\s+(?P<rating>[A-Z]+)")
 
 
-class UnitError(FleetError):
-    """A unit could not be written, verified, enabled or started; ``str()`` is the user-facing message.
-
-    ``details`` holds what the module adds to its failure result (unit state, journal lines, systemd's output).
-    """
-
-
 class UnitName:
     """A parsed unit name: ``app@.service`` is a template, ``app@current.service`` an instance of it."""
 
-    def __init__(self, name):
+    def __init__(self, name: str) -> None:
         match = _NAME_RE.match(name or "")
         if not match or match.group("type") not in UNIT_TYPES:
             raise UnitError(
@@ -56,15 +50,15 @@ class UnitName:
         self.type = match.group("type")
 
     @property
-    def is_template(self):
+    def is_template(self) -> bool:
         """``app@.service``: has an ``@`` and no instance."""
         return self.instance == ""
 
     @property
-    def is_instance(self):
+    def is_instance(self) -> bool:
         return bool(self.instance)
 
-    def instance_name(self, instance):
+    def instance_name(self, instance: str) -> str:
         """The unit name of INSTANCE of this template (``current`` -> ``app@current.service``)."""
         if not self.is_template:
             raise UnitError(f"unit {self.name} is not a template (PREFIX@.TYPE); it has no instances")
@@ -75,11 +69,11 @@ class UnitName:
             )
         return f"{self.prefix}@{instance}.{self.type}"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.name
 
 
-def validate_dropin_name(name):
+def validate_dropin_name(name: str) -> str:
     """Return the drop-in file name NAME with ``.conf`` added when missing; refuse paths and odd names."""
     if not name.endswith(".conf"):
         name += ".conf"
@@ -88,7 +82,7 @@ def validate_dropin_name(name):
     return name
 
 
-def render_value(section, key, value):
+def render_value(section: str, key: str, value: Any) -> str:
     """One directive's value as unit-file text (booleans as yes/no); refuse what would not be one line."""
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -126,7 +120,7 @@ def _section_lines(section, directives):
     return lines
 
 
-def ordered_sections(sections, unit_type):
+def ordered_sections(sections: Mapping[str, Any], unit_type: str) -> List[str]:
     """Section names in unit-file order: [Unit], the type's own section, the others as given, [Install]."""
     own = TYPE_SECTIONS.get(unit_type)
     head = [name for name in ("Unit", own) if name and name in sections]
@@ -134,7 +128,8 @@ def ordered_sections(sections, unit_type):
     return head + [name for name in sections if name not in head and name not in tail] + tail
 
 
-def render_sections(sections, order, header, hardening_keys=()):
+def render_sections(sections: Mapping[str, Mapping[str, Any] | None], order: Iterable[str], header: str,
+                    hardening_keys: Collection[str] = ()) -> str:
     """INI text in systemd's syntax from SECTIONS (``{section: {directive: value or [values] or None}}``).
 
     ORDER is the section names in the order to write them; HEADER the comment line at the top. Directives named
@@ -159,12 +154,13 @@ def render_sections(sections, order, header, hardening_keys=()):
     return "\n".join(out) + "\n"
 
 
-def render_unit(sections, unit_type, hardening_keys=()):
+def render_unit(sections: Mapping[str, Mapping[str, Any] | None], unit_type: str,
+                hardening_keys: Collection[str] = ()) -> str:
     """Unit-file text from SECTIONS, with the managed-file header; see ``render_sections``."""
     return render_sections(sections, ordered_sections(sections, unit_type), MANAGED_HEADER, hardening_keys)
 
 
-def hardened_defaults(unit):
+def hardened_defaults(unit: UnitName) -> Dict[str, Any]:
     """The [Service] directives a service gets unless the user overrides (or with null removes) them.
 
     They aim at systemd's "OK" exposure band for a network service that writes only to its own state, cache
@@ -204,7 +200,7 @@ def hardened_defaults(unit):
     }
 
 
-def apply_hardening(sections, unit):
+def apply_hardening(sections: Mapping[str, Any], unit: UnitName) -> Tuple[Dict[str, Any], Tuple[str, ...]]:
     """SECTIONS with the hardened defaults merged into [Service]; returns ``(sections, default_keys)``.
 
     The user's directives win, ``null`` removes a default, and a given ``User=`` replaces ``DynamicUser=``.
@@ -225,18 +221,18 @@ def apply_hardening(sections, unit):
     return result, tuple(default_keys)
 
 
-def expand_instance(path, instance):
+def expand_instance(path: str, instance: str | None) -> str:
     """PATH with ``%i`` replaced by INSTANCE (``/etc/app/%i.conf`` -> ``/etc/app/current.conf``); ``%%`` is ``%``."""
     if instance is None:
         return path.replace("%%", "%")
     return re.sub(r"%[%i]", lambda m: "%" if m.group(0) == "%%" else instance, path)
 
 
-def text_digest(text):
+def text_digest(text: str) -> str:
     return digest_text(text)
 
 
-def path_digest(path):
+def path_digest(path: str) -> str:
     """What a watched path is compared by: a file by content, a directory by where it resolves to, else absent.
 
     A directory (or a link to one, such as a release's ``current`` link) counts as changed when it resolves
@@ -255,7 +251,7 @@ def path_digest(path):
 _IGNORED_RE = re.compile(r"\bignor(?:ing|ed)\b", re.IGNORECASE)
 
 
-def verify_problems(output, candidate_paths, returncode, strict=True):
+def verify_problems(output: str, candidate_paths: Iterable[str], returncode: int, strict: bool = True) -> List[str]:
     """The lines of ``systemd-analyze verify`` OUTPUT that make the candidate unacceptable.
 
     Any non-zero exit refuses the unit with all of systemd's lines. In strict mode, a line systemd reports for
@@ -272,14 +268,14 @@ def verify_problems(output, candidate_paths, returncode, strict=True):
     return [line for line in lines if line.startswith(prefixes) and _IGNORED_RE.search(line)]
 
 
-def verify_warnings(output, candidate_paths):
+def verify_warnings(output: str, candidate_paths: Iterable[str]) -> List[str]:
     """What systemd says about the candidate that does not refuse it (``Special user nobody configured, ...``)."""
     prefixes = tuple(f"{path}:" for path in candidate_paths)
     return [line.strip() for line in output.splitlines()
             if line.strip().startswith(prefixes) and not _IGNORED_RE.search(line)]
 
 
-def parse_exposure(output):
+def parse_exposure(output: str) -> Tuple[float | None, str | None]:
     """``(score, rating)`` from ``systemd-analyze security UNIT`` output, or ``(None, None)``."""
     match = None
     for match in _EXPOSURE_RE.finditer(output):
@@ -289,7 +285,7 @@ def parse_exposure(output):
     return float(match.group("score")), match.group("rating")
 
 
-def parse_show(output):
+def parse_show(output: str) -> Dict[str, str]:
     """``systemctl show -p A -p B UNIT`` output as a dict."""
     props = {}
     for line in output.splitlines():
