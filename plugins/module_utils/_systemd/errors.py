@@ -17,3 +17,8 @@ class UnitError(FleetError):
 
 class MachineError(UnitError):
     """A machine could not be installed, configured or run; ``str()`` is the user-facing message."""
+
+
+class MountError(UnitError):
+    """An image could not be mounted: its mount unit was refused, or systemd could not start it (its journal is in
+    the message)."""

@@ -14,15 +14,11 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.command impor
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import Systemd
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.service import read_text, verify_candidate
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError, UnitName
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import MountError, UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitName
 
 UNIT_DIR = "/etc/systemd/system"
 MOUNT_JOURNAL_LINES = 10
-
-
-class MountError(UnitError):
-    """An image could not be mounted: the unit was refused, or systemd could not start it (its journal is in the
-    message)."""
 
 
 def node_systemd() -> Systemd:

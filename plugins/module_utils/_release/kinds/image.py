@@ -16,8 +16,8 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import
 from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import NodeError
 from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds.base import Artifact, InstallKind, Placement, Release
 from ansible_collections.sciops.fleet.plugins.module_utils._release.mount_points import link_mount_points
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn import detect_format, extract_image
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.machine_image import detect_format, extract_image
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import UnitError
 
 IMAGES_DIR = ".images"
 

@@ -22,7 +22,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._release.errors impor
 from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds.base import Artifact, Placement, Release
 from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds.image import IMAGES_DIR, ImageKind
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd import mount as mount_units
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import UnitError
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import MountError, UnitError
 
 MOUNTS_RECORD = ".sciops-mounts.json"
 _UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+\.mount$")
@@ -112,7 +112,7 @@ class MountKind(ImageKind):
                 changed = mount_units.ensure_mount(mount["unit"], text, f"mounting {mount['what']} at {mount['where']}",
                                                    check_mode=check_mode) or changed
             except (UnitError, CommandError) as exc:
-                raise mount_units.MountError(str(exc), **getattr(exc, "details", {})) from None
+                raise MountError(str(exc), **getattr(exc, "details", {})) from None
         return super().activate(state, release, release_dir, check_mode) or changed
 
     def deactivate(self, release_dir: str) -> None:
