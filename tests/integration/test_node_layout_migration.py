@@ -103,8 +103,8 @@ def node_fixture(fleet):
     wipe()
 
 
-def test_a_node_with_the_old_layout_is_migrated_and_keeps_its_history(registry, fleet, ansible, run_module, tmp_path,
-                                                                       node):
+def test_a_node_with_the_old_layout_is_migrated_and_keeps_its_history(
+        registry, fleet, ansible, run_module, tmp_path, node):
     v1, v2 = (_publish(registry, run_module, tmp_path, version) for version in ("1.0", "2.0"))
     _rollout(ansible, fleet, v1, node)
     assert _answer(fleet.address(node)) == f"{APP} 1.0"
