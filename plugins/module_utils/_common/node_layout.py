@@ -48,12 +48,17 @@ def migrate_state_files(legacy_dir: str, state_dir: str, is_ours: Callable[[str,
             continue
         if not is_ours(name, data):
             continue
-        os.makedirs(state_dir, mode=0o755, exist_ok=True)
         target = os.path.join(state_dir, name)
-        if os.path.lexists(target):
-            os.unlink(path)
-        else:
-            os.replace(path, target)
+        try:
+            os.makedirs(state_dir, mode=0o755, exist_ok=True)
+            if os.path.lexists(target):
+                os.unlink(path)
+            else:
+                os.replace(path, target)
+        except FileNotFoundError:  # another run moved it meanwhile
+            continue
+        except OSError:
+            break  # a read-only or full disk: what is left stays where it is, and the next run tries again
         moved.append(name)
     if moved:
         fsync_dir(state_dir)

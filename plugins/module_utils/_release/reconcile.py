@@ -7,13 +7,14 @@ that could not be saved, or a damaged record."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from typing import List, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import fsync_dir
 from ansible_collections.sciops.fleet.plugins.module_utils._release import kinds
-from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import RecordDamaged, disk_full_names
+from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import NodeError, RecordDamaged, disk_full_names
 from ansible_collections.sciops.fleet.plugins.module_utils._release.files import verify_release_dir
 from ansible_collections.sciops.fleet.plugins.module_utils._release.record import (
     SLOTS,
@@ -25,6 +26,24 @@ from ansible_collections.sciops.fleet.plugins.module_utils._release.record impor
     release_summary,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._release.state import AppState
+
+
+_APPLICATION_RE = re.compile(rb'"application"\s*:\s*"([^"\\]*)"')
+
+
+def _refuse_another_applications_record(state: AppState) -> None:
+    """A damaged record is rebuilt only as its own application's: two names that differ only in '.', '-' and '_'
+    share one record file, and one must never take the other's."""
+    try:
+        with open(state.fact_path, "rb") as handle:
+            found = _APPLICATION_RE.search(handle.read())
+    except OSError:
+        return
+    if found and found.group(1).decode("utf-8", "replace") != state.app:
+        raise NodeError(f"the record {state.fact_path} is damaged and belongs to application "
+                        f"{found.group(1).decode('utf-8', 'replace')}, not {state.app}: the two names share one record; "
+                        f"repair it through {found.group(1).decode('utf-8', 'replace')}, and publish {state.app} under a "
+                        "name that differs in more than '.', '-' and '_'")
 
 
 def reconcile(state: AppState, check_mode: bool = False) -> Tuple[Record, List[str]]:
@@ -53,6 +72,7 @@ def reconcile_locked(state: AppState, dry: bool) -> Tuple[Record, List[str]]:
         damaged = None
     except RecordDamaged as exc:
         damaged = str(exc)
+        _refuse_another_applications_record(state)
     if damaged or (not state.exists() and on_disk):
         reason = damaged.split(";", maxsplit=1)[0] if damaged else "the record was missing"
         record = empty_record(state.app)

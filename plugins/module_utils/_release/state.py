@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
 from ansible_collections.sciops.fleet.plugins.module_utils._common.node_layout import CACHE_ROOT, FACTS_DIR, STATE_ROOT
+from ansible_collections.sciops.fleet.plugins.module_utils._common.schema import NAME_RE
 from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import NodeError, RecordDamaged, disk_full_names
 from ansible_collections.sciops.fleet.plugins.module_utils._release.record import (
     HISTORY_LIMIT,
@@ -52,6 +53,10 @@ class AppState:
     """One application's releases on this node, and its record. Changes are made under ``lock()``."""
 
     def __init__(self, app: str, state_root: str = DEFAULT_STATE_ROOT, facts_dir: str = DEFAULT_FACTS_DIR) -> None:
+        if not isinstance(app, str) or not NAME_RE.match(app):
+            # The name is a path below the state root: only a name a release may have reaches no other directory.
+            raise NodeError(f"application {app!r} is not an application name (lower-case letters, digits, '.', '_', "
+                            "'-', starting with a letter or digit); give the name its releases have")
         self.app = app
         self.app_dir = os.path.join(state_root, app)
         self.releases_dir = os.path.join(self.app_dir, "releases")

@@ -11,6 +11,7 @@ import os
 from typing import Any, Dict, Optional
 
 from ansible_collections.sciops.fleet.plugins.module_utils._release import kinds
+from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import NodeError
 from ansible_collections.sciops.fleet.plugins.module_utils._release.files import drift
 from ansible_collections.sciops.fleet.plugins.module_utils._release.record import SLOTS, record_shape_problem, release_summary
 from ansible_collections.sciops.fleet.plugins.module_utils._release.state import DEFAULT_FACTS_DIR, DEFAULT_STATE_ROOT, AppState
@@ -56,7 +57,10 @@ def running_release(digest: str, state_root: str = DEFAULT_STATE_ROOT,
         current = record.get("current")
         if not isinstance(current, dict) or current.get("digest") != digest or not record.get("application"):
             continue
-        state = AppState(record["application"], state_root, facts_dir)
+        try:
+            state = AppState(record["application"], state_root, facts_dir)
+        except NodeError:
+            continue
         name = state.slot_target("current")
         entry = (record.get("releases") or {}).get(name) or {}
         if name and state.is_installed(name) and entry.get("digest") == digest and entry.get("status") == "good":
