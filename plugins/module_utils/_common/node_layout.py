@@ -68,3 +68,20 @@ def migrate_state_files(legacy_dir: str, state_dir: str, is_ours: Callable[[str,
         except OSError:
             pass
     return moved
+
+
+def state_dir_to_read(legacy_dir: str, state_dir: str, file_name: str, is_ours: Callable[[str, object], bool]) -> str:
+    """Where FILE_NAME is read from by a run that moves nothing (check mode) on a node migrate_state_files has not
+    migrated yet: LEGACY_DIR when only it holds the file and the file is ours, else STATE_DIR. So check mode
+    predicts what the real run does after migrating."""
+    if os.path.lexists(os.path.join(state_dir, file_name)):
+        return state_dir
+    path = os.path.join(legacy_dir, file_name)
+    if os.path.islink(path) or not os.path.isfile(path):
+        return state_dir
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return state_dir
+    return legacy_dir if is_ours(file_name, data) else state_dir

@@ -20,7 +20,12 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
-from ansible_collections.sciops.fleet.plugins.module_utils._common.node_layout import LEGACY_MACHINES_STATE_DIR, MACHINES_STATE_DIR, migrate_state_files
+from ansible_collections.sciops.fleet.plugins.module_utils._common.node_layout import (
+    LEGACY_MACHINES_STATE_DIR,
+    MACHINES_STATE_DIR,
+    migrate_state_files,
+    state_dir_to_read,
+)
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
     Systemd,
@@ -181,8 +186,12 @@ class Machine:
         return out
 
     def record(self) -> Dict[str, Any]:
+        path = self.record_file
+        if self.check_mode and self.params["state_dir"] == MACHINES_STATE_DIR:  # a node not yet migrated: the old place
+            path = os.path.join(state_dir_to_read(LEGACY_MACHINES_STATE_DIR, MACHINES_STATE_DIR, self.name + ".json",
+                                                  is_machine_record), self.name + ".json")
         try:
-            with open(self.record_file, encoding="utf-8") as handle:
+            with open(path, encoding="utf-8") as handle:
                 return json.load(handle)
         except (FileNotFoundError, ValueError):
             return {}

@@ -17,7 +17,12 @@ import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write, fsync_dir
-from ansible_collections.sciops.fleet.plugins.module_utils._common.node_layout import LEGACY_UNITS_STATE_DIR, UNITS_STATE_DIR, migrate_state_files
+from ansible_collections.sciops.fleet.plugins.module_utils._common.node_layout import (
+    LEGACY_UNITS_STATE_DIR,
+    UNITS_STATE_DIR,
+    migrate_state_files,
+    state_dir_to_read,
+)
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import UnitError
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
     ENABLED_STATES,
@@ -200,6 +205,12 @@ class ServiceUnit:
                 exc.details.setdefault(key, self.result[key])
             raise
 
+    def _record_dir(self, unit: str) -> str:
+        """Where UNIT's restart record is read from: in check mode on a node not yet migrated, the old place."""
+        if self.check_mode and self.params["state_dir"] == UNITS_STATE_DIR:
+            return state_dir_to_read(LEGACY_UNITS_STATE_DIR, UNITS_STATE_DIR, unit + ".json", is_restart_record)
+        return self.params["state_dir"]
+
     def _run(self):
         if self.params["state_dir"] == UNITS_STATE_DIR and not self.check_mode:
             migrate_state_files(LEGACY_UNITS_STATE_DIR, UNITS_STATE_DIR, is_restart_record)
@@ -322,7 +333,7 @@ class ServiceUnit:
                     self.systemd.ctl("stop", "--", unit)
                 self.result["stopped"].append(unit)
             return
-        record = RestartRecord(self.params["state_dir"], unit)
+        record = RestartRecord(self._record_dir(unit), unit)
         files = self._watched(unit)
         if self.check_mode and written:
             digest, unit_changed = None, True

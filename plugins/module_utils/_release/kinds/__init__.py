@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds import extract, files, mount, rpm, squashfs, unpack
 from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds.base import InstallKind, Placement, Release
+from ansible_collections.sciops.fleet.plugins.module_utils._release.mount_points import link_mount_points
 
 KINDS: Dict[str, InstallKind] = {kind.name: kind for kind in (
     files.FilesKind(),
@@ -19,6 +20,9 @@ KINDS: Dict[str, InstallKind] = {kind.name: kind for kind in (
     unpack.UnpackKind(),
     rpm.RpmKind(),
 )}
+
+# What status reports itself: a kind's report never replaces these.
+_STATUS_KEYS = ("application", "installed", "current", "oldstable", "drift")
 
 
 def kinds_in(release: Release) -> List[InstallKind]:
@@ -34,11 +38,13 @@ def seal(job: Placement) -> None:
 
 
 def activate(state: Any, release: Release, release_dir: str, check_mode: bool = False) -> bool:
-    """What every kind of RELEASE needs outside RELEASE_DIR; True when something was (or would be) changed."""
+    """What every kind of RELEASE needs outside RELEASE_DIR, then the artifacts' mount point links (of whatever
+    kind takes a mount_point); True when something was (or would be) changed. A mount point the node may not take
+    is refused here, so install asks in check mode before it fetches anything."""
     changed = False
     for kind in kinds_in(release):
         changed = kind.activate(state, release, release_dir, check_mode) or changed
-    return changed
+    return link_mount_points(state, release["artifacts"], check_mode) or changed
 
 
 def deactivate(release_dir: str) -> None:
@@ -79,5 +85,5 @@ def report(state: Any, record: Dict[str, Any], name: Optional[str]) -> Dict[str,
     """Status fields of every kind for the release NAME that ``current`` runs."""
     fields: Dict[str, Any] = {}
     for kind in KINDS.values():
-        fields.update(kind.report(state, record, name))
+        fields.update({key: value for key, value in kind.report(state, record, name).items() if key not in _STATUS_KEYS})
     return fields

@@ -6,7 +6,8 @@
 A kind is one small class in a file of its own in this package, registered in the table of ``__init__.py``. The
 release code calls a kind at these points and nowhere else:
 
-- ``takes_mount_point`` (manifest validation): whether an artifact of this kind may have a ``mount_point``;
+- ``takes_mount_point`` (manifest validation): whether an artifact of this kind may have a ``mount_point``, the
+  link to ``<app>/current/<artifact>`` that the table's ``activate`` makes for every kind alike;
 - ``commands`` (preflight): programs a node needs to install an artifact of this kind;
 - ``place`` (install, in the staging tree): turn the pulled files into what the release holds;
 - ``seal`` (install, once the configs are rendered; every kind is asked): what the kind keeps in the release
@@ -15,7 +16,9 @@ release code calls a kind at these points and nowhere else:
   release directory (mounts, links);
 - ``adopt`` (a release found complete on disk but not recorded): what the record keeps of it besides its files;
 - ``switch_plan`` / ``apply_switch`` (when ``current`` moves): changes outside the release that follow current;
-- ``report`` (status): what the node says of it besides slots and drift.
+  the steps of every kind's plan are what release_switch returns as ``packages`` (each with an ``action``);
+- ``report`` (status): what the node says of it besides slots and drift, under keys of its own (``packages``
+  for rpm): a key of the status itself (application, installed, current, oldstable, drift) is never used.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module is private to sciops.fleet; its API may change without notice.
 """What the two environment image kinds (``mount``, ``unpack``) share: one image per artifact (squashfs or tar, from
-sciops.fleet.env_build), kept under ``.images/`` in the release or unpacked into ``<artifact>/``, and a
-``mount_point`` link that follows ``current``."""
+sciops.fleet.env_build), kept under ``.images/`` in the release or unpacked into ``<artifact>/``; its
+``mount_point`` (``takes_mount_point``) is linked by the table's ``activate``, for every kind alike."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from typing import Any, Dict, List
 from ansible_collections.sciops.fleet.plugins.module_utils._common.command import check_output
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import CommandError
 from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import NodeError
-from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds.base import Artifact, InstallKind, Placement, Release
-from ansible_collections.sciops.fleet.plugins.module_utils._release.mount_points import link_mount_points
+from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds.base import Artifact, InstallKind, Placement
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.machine_image import detect_format, extract_image
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import UnitError
 
@@ -30,7 +29,7 @@ def _run(argv: List[str], what: str) -> str:
 
 
 class ImageKind(InstallKind):
-    """An environment image: placed once, mounted or unpacked as the subclass says, linked at its mount point."""
+    """An environment image: placed once, mounted or unpacked as the subclass says."""
 
     takes_mount_point = True
 
@@ -70,7 +69,3 @@ class ImageKind(InstallKind):
         if not os.path.isdir(dest):
             os.makedirs(dest)
         os.unlink(kept)
-
-    def activate(self, state: Any, release: Release, release_dir: str, check_mode: bool = False) -> bool:
-        mine = [a for a in release["artifacts"] if a["install"] == self.name]
-        return link_mount_points(state, mine, check_mode)

@@ -100,7 +100,7 @@ class MountKind(ImageKind):
                 os.unlink(path)
 
     def activate(self, state: Any, release: Release, release_dir: str, check_mode: bool = False) -> bool:
-        """Mount the release's images (an enabled systemd .mount unit each), then link the mount points."""
+        """Mount the release's images (an enabled systemd .mount unit each)."""
         changed = False
         release_name = os.path.basename(release_dir)
         for mount in read_mounts(release_dir):
@@ -113,7 +113,7 @@ class MountKind(ImageKind):
                                                    check_mode=check_mode) or changed
             except (UnitError, CommandError) as exc:
                 raise MountError(str(exc), **getattr(exc, "details", {})) from None
-        return super().activate(state, release, release_dir, check_mode) or changed
+        return changed
 
     def deactivate(self, release_dir: str) -> None:
         """Stop, disable and remove the mount units of the release in RELEASE_DIR (before it is removed)."""
