@@ -6,15 +6,13 @@ sciops_fleet_node.fact) is migrated by a rollout and node_base, keeps its histor
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
-import tarfile
 import urllib.error
 import urllib.request
 
 import pytest
+from test_lockstep import _bundle
 
 pytestmark = [pytest.mark.fleet, pytest.mark.registry]
 
@@ -43,14 +41,7 @@ SERVICE = {
 
 
 def _publish(registry, run_module, tmp_path, version):
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed, tarfile.open(fileobj=compressed, mode="w") as tar:
-        data = f"{APP} {version}\n".encode()
-        info = tarfile.TarInfo("www/VERSION")
-        info.size, info.mode, info.mtime = len(data), 0o644, 0
-        tar.addfile(info, io.BytesIO(data))
-    bundle = tmp_path / f"{APP}-{version}.tar.gz"
-    bundle.write_bytes(buffer.getvalue())
+    bundle = _bundle(tmp_path, f"{APP}-{version}", {"www/VERSION": f"{APP} {version}\n"})
     pushed = run_module("oras_push", target=f"{registry.host}/build/{APP}:{version}", files=[{"path": str(bundle)}],
                         plain_http=True)
     release = {"schema_version": 1, "application": APP, "version": version, "protocol": "1",
