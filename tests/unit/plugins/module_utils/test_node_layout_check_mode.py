@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 
 import pytest
@@ -69,8 +68,8 @@ def test_a_running_unit_on_the_earlier_layout_is_not_reported_restarted_in_check
     monkeypatch.setattr(service, "LEGACY_UNITS_STATE_DIR", str(legacy))
     systemd = _systemd(active="active")
     legacy.mkdir(parents=True)
-    (legacy / "app.service.json").write_text(json.dumps({"unit": unit_digest(systemd, "app.service"), "files": {},
-                                                          "invocation": None, "time": 0}))
+    record = {"unit": unit_digest(systemd, "app.service"), "files": {}, "invocation": None, "time": 0}
+    (legacy / "app.service.json").write_text(json.dumps(record))
     params = {key: spec.get("default") for key, spec in service.ARGUMENT_SPEC.items()}
     params.update(name="app.service", state="started", state_dir=str(new), unit_dir=str(tmp_path / "system"),
                   security_report=False)
