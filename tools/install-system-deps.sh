@@ -17,6 +17,7 @@ declare -A WANT=(
   [systemd-nspawn]=systemd-container
   [machinectl]=systemd-container
   [systemd-analyze]=systemd
+  [systemd-escape]=systemd
   [debootstrap]=debootstrap
   [htpasswd]=apache2-utils
   [rpmlint]=rpmlint

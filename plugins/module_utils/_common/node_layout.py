@@ -28,6 +28,19 @@ LEGACY_UNITS_STATE_DIR = os.path.join(STATE_ROOT, "units")
 LEGACY_MACHINES_STATE_DIR = os.path.join(STATE_ROOT, "machines")
 
 
+def _is_our_file(directory: str, name: str, is_ours: Callable[[str, object], bool]) -> bool:
+    """Whether DIRECTORY/NAME is one of the collection's JSON state files (a regular file, never through a link)."""
+    path = os.path.join(directory, name)
+    if not name.endswith(".json") or os.path.islink(path) or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return bool(is_ours(name, data))
+
+
 def migrate_state_files(legacy_dir: str, state_dir: str, is_ours: Callable[[str, object], bool]) -> List[str]:
     """Move the collection's own JSON state files from LEGACY_DIR to STATE_DIR, leaving everything else there
     (LEGACY_DIR may also be the directory of an application of that name). IS_OURS(file name, parsed JSON) says
@@ -38,16 +51,9 @@ def migrate_state_files(legacy_dir: str, state_dir: str, is_ours: Callable[[str,
         return []
     moved = []
     for name in names:
+        if not _is_our_file(legacy_dir, name, is_ours):
+            continue
         path = os.path.join(legacy_dir, name)
-        if not name.endswith(".json") or os.path.islink(path) or not os.path.isfile(path):
-            continue
-        try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, ValueError):
-            continue
-        if not is_ours(name, data):
-            continue
         target = os.path.join(state_dir, name)
         try:
             os.makedirs(state_dir, mode=0o755, exist_ok=True)
@@ -74,14 +80,6 @@ def state_dir_to_read(legacy_dir: str, state_dir: str, file_name: str, is_ours: 
     """Where FILE_NAME is read from by a run that moves nothing (check mode) on a node migrate_state_files has not
     migrated yet: LEGACY_DIR when only it holds the file and the file is ours, else STATE_DIR. So check mode
     predicts what the real run does after migrating."""
-    if os.path.lexists(os.path.join(state_dir, file_name)):
-        return state_dir
-    path = os.path.join(legacy_dir, file_name)
-    if os.path.islink(path) or not os.path.isfile(path):
-        return state_dir
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return state_dir
-    return legacy_dir if is_ours(file_name, data) else state_dir
+    if not os.path.lexists(os.path.join(state_dir, file_name)) and _is_our_file(legacy_dir, file_name, is_ours):
+        return legacy_dir
+    return state_dir
