@@ -48,6 +48,12 @@ for cmd in "${!WANT[@]}"; do
     missing_pkgs+=("${WANT[$cmd]}")
   fi
 done
+# A statically linked busybox: the test machines' root file system is that one program (a dynamic busybox, which
+# many systems have, would need its libraries in the image).
+if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed"; then
+  missing_cmds+=("busybox (static)")
+  missing_pkgs+=(busybox-static)
+fi
 # python3-venv provides ensurepip for `python3 -m venv`.
 if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   missing_cmds+=("python3 -m venv")

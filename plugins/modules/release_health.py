@@ -107,6 +107,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import FleetError
 from ansible_collections.sciops.fleet.plugins.module_utils._common.module import fail_from
+from ansible_collections.sciops.fleet.plugins.module_utils._release import kinds
 from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import RELEASE_FILE
 from ansible_collections.sciops.fleet.plugins.module_utils._release.module import node_argument_spec, release_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._release.health import record_health, run_health_checks
@@ -145,7 +146,8 @@ def main():
             release = json.load(handle)
         variables = {"address": params["address"], "current_dir": os.path.join(state.app_dir, "current"),
                      "release_dir": state.release_path(name)}
-        results = run_health_checks(release, variables)
+        results = kinds.health(state, release, params["slot"], variables, run_health_checks)
+        results += run_health_checks(release, variables)
         healthy = all(r["ok"] for r in results)
         changed = False
         if params["record"] and not module.check_mode:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import NodeError, disk_full_names
-from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import health_kind
+from ansible_collections.sciops.fleet.plugins.module_utils._release.checks import health_kind
 from ansible_collections.sciops.fleet.plugins.module_utils._release.reconcile import reconcile_locked
 from ansible_collections.sciops.fleet.plugins.module_utils._release.record import SLOTS, append_event, release_summary
 from ansible_collections.sciops.fleet.plugins.module_utils._release.state import AppState

@@ -47,6 +47,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.schema import
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import OciError
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import parse_reference
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import MAX_MANIFEST_SIZE
+from ansible_collections.sciops.fleet.plugins.module_utils._release.checks import validate_check
 from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds import KINDS
 
 SCHEMA_VERSION = 1
@@ -59,11 +60,10 @@ IMAGE_KINDS = tuple(name for name, kind in KINDS.items() if kind.takes_mount_poi
 _VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOP_KEYS = ("schema_version", "application", "version", "protocol", "role", "description", "artifacts", "configs",
              "services", "requires", "health")
-_ARTIFACT_KEYS = ("name", "reference", "digest", "install", "description", "mount_point")
+_ARTIFACT_KEYS = ("name", "reference", "digest", "install", "description", "mount_point") + tuple(
+    sorted({field for kind in KINDS.values() for field in kind.fields}))
 _CONFIG_KEYS = ("source", "dest", "vars", "mode")
 _REQUIRES_KEYS = ("arch", "os_family", "disk_mb", "memory_mb", "commands", "kernel")
-_HEALTH_KINDS = ("command", "tcp", "http")
-_HEALTH_KEYS = _HEALTH_KINDS + ("timeout", "retries", "delay", "expect_status", "name")
 
 # A mount point is a link the node creates: never in or under these (the top-level links of a usr-merged system,
 # /bin, /lib, /lib64, /sbin, ..., are among them; /var holds the state root, /var/lib/sciops-fleet).
@@ -217,6 +217,14 @@ def validate_release(data, source="(given)", mount_point_prefixes=None):
             else:
                 # Only when given: releases written without it keep their canonical form, hence their id.
                 entry["mount_point"] = _clean_absolute(mount_point)
+        kind = KINDS.get(install)
+        for key in set(_ARTIFACT_KEYS) - {"name", "reference", "digest", "install", "description", "mount_point"}:
+            if item.get(key) is not None and (kind is None or key not in kind.fields):
+                check.add(f"{field}.{key}", f"belongs to install kinds {', '.join(n for n, k in KINDS.items() if key in k.fields)}, "
+                          f"not {install!r}; set install accordingly, or remove {key}")
+        if kind is not None:
+            release["artifacts"] = artifacts
+            entry.update(kind.validate(check, item, field, release))
         artifacts.append(entry)
     release["artifacts"] = artifacts
 
@@ -277,39 +285,14 @@ def validate_release(data, source="(given)", mount_point_prefixes=None):
 
     health = []
     for index, item in check.mapping_list(data, "health", "health"):
-        field = f"health[{index}]"
-        check.keys(item, _HEALTH_KEYS, field)
-        kinds = [k for k in _HEALTH_KINDS if k in item]
-        if len(kinds) != 1:
-            check.add(field, f"must have exactly one of {', '.join(_HEALTH_KINDS)}")
-            continue
-        kind = kinds[0]
-        target = check.string(item, kind, f"{field}.{kind}")
-        if kind == "tcp" and target and not re.match(r"^.+:[0-9]{1,5}$", target):
-            check.add(f"{field}.tcp", f"{target!r} must be HOST:PORT")
-        if kind == "http" and target and not re.match(r"^https?://", target):
-            check.add(f"{field}.http", f"{target!r} must be an http:// or https:// URL")
-        label = check.string(item, "name", f"{field}.name", required=False)
-        entry = {kind: target, "name": label or f"{kind} {target}",
-                 "timeout": check.number(item, "timeout", f"{field}.timeout", 0.1, integer=False) or 10,
-                 "retries": check.number(item, "retries", f"{field}.retries") or 0,
-                 "delay": check.number(item, "delay", f"{field}.delay", 0, integer=False) or 1}
-        if kind == "http":
-            entry["expect_status"] = check.number(item, "expect_status", f"{field}.expect_status", 100) or 200
-        health.append(entry)
+        entry = validate_check(check, item, f"health[{index}]")
+        if entry is not None:
+            health.append(entry)
     release["health"] = health
 
     if check.problems:
         raise ReleaseError(source, check.problems)
     return release
-
-
-def health_kind(check):
-    """``(kind, target)`` of a validated health check."""
-    for kind in _HEALTH_KINDS:
-        if kind in check:
-            return kind, check[kind]
-    raise ValueError("not a health check")
 
 
 def canonical_json(release):

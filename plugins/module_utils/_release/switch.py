@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import shutil
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import fsync_dir
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.reference import is_digest
@@ -112,7 +112,7 @@ def switch_release(state: AppState, digest: str, slot: str = "current", keep: in
     if check_mode:
         outcome["pruned"] = _prune_plan(state, record, keep, protect, pending)
         outcome["changed"] = outcome["changed"] or bool(outcome["pruned"])
-        return outcome
+        return _converge(state, {s: pending.get(s, state.slot_target(s)) for s in SLOTS}, outcome, check_mode)
     with disk_full_names(state, "nothing was switched; free space there and switch again"), state.lock():
         record = state.load()
         moved = False
@@ -132,7 +132,7 @@ def switch_release(state: AppState, digest: str, slot: str = "current", keep: in
         _prune(state, record, keep, protect, pending, outcome)
         if moved or outcome["pruned"]:
             state.save(record)
-    return outcome
+    return _converge(state, {s: state.slot_target(s) for s in SLOTS}, outcome, check_mode)
 
 
 def retire_slot(state: AppState, slot: str = "oldstable", keep: int = 3, protect: Iterable[str] = (),
@@ -148,7 +148,7 @@ def retire_slot(state: AppState, slot: str = "oldstable", keep: int = 3, protect
     outcome = {"changed": before is not None or bool(repairs), "from": release_summary(record, before) if before else None,
                "pruned": [], "repairs": repairs, "record_rebuilt": state.rebuilt}
     if check_mode or before is None:
-        return outcome
+        return _converge(state, {s: None if s == slot else state.slot_target(s) for s in SLOTS}, outcome, check_mode)
     with disk_full_names(state, "oldstable was not retired; free space there and retire again"), state.lock():
         record = state.load()
         state.clear_slot(slot)
@@ -157,6 +157,16 @@ def retire_slot(state: AppState, slot: str = "oldstable", keep: int = 3, protect
                               "from": outcome["from"], "to": None, "result": "retired"})
         _prune(state, record, keep, protect, {}, outcome)
         state.save(record)
+    return _converge(state, {s: state.slot_target(s) for s in SLOTS}, outcome, check_mode)
+
+
+def _converge(state: AppState, slots: Mapping[str, Optional[str]], outcome: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
+    """What runs outside the releases follows SLOTS (after the record is saved: a kill before this is undone by the
+    next switch, which converges again); OUTCOME gains the kinds' fields and says changed when they changed anything."""
+    fields = kinds.converge(state, dict(slots), check_mode)
+    outcome.update(fields)
+    outcome["changed"] = outcome["changed"] or any(step.get("action") != "unchanged" for steps in fields.values()
+                                                   if isinstance(steps, list) for step in steps)
     return outcome
 
 

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds import extract, files, mount, rpm, squashfs, unpack
+from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds import extract, files, machine, mount, rpm, squashfs, unpack
 from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds.base import InstallKind, Placement, Release
 from ansible_collections.sciops.fleet.plugins.module_utils._release.mount_points import link_mount_points
 
@@ -19,6 +19,7 @@ KINDS: Dict[str, InstallKind] = {kind.name: kind for kind in (
     mount.MountKind(),
     unpack.UnpackKind(),
     rpm.RpmKind(),
+    machine.MachineKind(),
 )}
 
 # What status reports itself: a kind's report never replaces these.
@@ -79,6 +80,20 @@ def apply_switch(plans: Dict[str, List[Dict[str, Any]]], options: Dict[str, Any]
         if plan:
             changed = KINDS[kind_name].apply_switch(plan, options, check_mode) or changed
     return changed
+
+
+def converge(state: Any, slots: Dict[str, Optional[str]], check_mode: bool = False) -> Dict[str, Any]:
+    """What runs outside the releases, of every kind, made to follow SLOTS (slot -> release name or None)."""
+    fields: Dict[str, Any] = {}
+    for kind in KINDS.values():
+        fields.update(kind.converge(state, slots, check_mode))
+    return fields
+
+
+def health(state: Any, release: Release, slot: str, variables: Dict[str, str],
+           run_checks: Callable[[Release, Dict[str, str]], List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """The checks RELEASE's kinds make of it running in SLOT (before the release's own)."""
+    return [result for kind in kinds_in(release) for result in kind.health(state, release, slot, variables, run_checks)]
 
 
 def report(state: Any, record: Dict[str, Any], name: Optional[str]) -> Dict[str, Any]:

@@ -8,6 +8,9 @@ release code calls a kind at these points and nowhere else:
 
 - ``takes_mount_point`` (manifest validation): whether an artifact of this kind may have a ``mount_point``, the
   link to ``<app>/current/<artifact>`` that the table's ``activate`` makes for every kind alike;
+- ``fields`` / ``validate`` (manifest validation): the artifact fields of the kind's own (a machine's settings),
+  checked with every other field and kept in the canonical release;
+- ``pull_layers`` (install): whether the untitled layers of an OCI image are pulled too (``.layers/NNNN``);
 - ``commands`` (preflight): programs a node needs to install an artifact of this kind;
 - ``place`` (install, in the staging tree): turn the pulled files into what the release holds;
 - ``seal`` (install, once the configs are rendered; every kind is asked): what the kind keeps in the release
@@ -17,6 +20,9 @@ release code calls a kind at these points and nowhere else:
 - ``adopt`` (a release found complete on disk but not recorded): what the record keeps of it besides its files;
 - ``switch_plan`` / ``apply_switch`` (when ``current`` moves): changes outside the release that follow current;
   the steps of every kind's plan are what release_switch returns as ``packages`` (each with an ``action``);
+- ``converge`` (after a slot moved or was emptied): what runs outside the releases follows what the slots point to
+  (a machine per slot); a service that does not start is reported, not raised: its health check fails;
+- ``health`` (release_health): the kind's own checks of the release a slot runs, before the release's checks;
 - ``report`` (status): what the node says of it besides slots and drift, under keys of its own (``packages``
   for rpm): a key of the status itself (application, installed, current, oldstable, drift) is never used.
 """
@@ -24,7 +30,7 @@ release code calls a kind at these points and nowhere else:
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 Artifact = Dict[str, Any]
 Release = Dict[str, Any]
@@ -57,7 +63,15 @@ class InstallKind:
 
     name = ""
     takes_mount_point = False
+    fields: Tuple[str, ...] = ()
+    pull_layers = False
     commands: Tuple[str, ...] = ()
+
+    def validate(self, check: Any, item: Artifact, field: str, release: Release) -> Dict[str, Any]:
+        """The canonical values of the kind's own FIELDS in the artifact ITEM (named FIELD in messages); problems
+        are added to CHECK (a ``_common.schema.Checker``). RELEASE is the release validated so far: its application
+        and the artifacts before this one."""
+        return {}
 
     def place(self, job: Placement, artifact: Artifact, pulled: List[Dict[str, Any]], where: str) -> None:
         """Turn the files pulled into JOB.dest(ARTIFACT) into what the release holds. WHERE names the artifact."""
@@ -86,6 +100,18 @@ class InstallKind:
     def apply_switch(self, plan: List[Dict[str, Any]], options: Dict[str, Any], check_mode: bool = False) -> bool:
         """Carry out PLAN before ``current`` moves; True when something was (or would be) changed."""
         return False
+
+    def converge(self, state: Any, slots: Dict[str, Optional[str]], check_mode: bool = False) -> Dict[str, Any]:
+        """Make what runs outside the releases follow SLOTS (slot -> release name, None when empty), after a slot
+        moved or was emptied, and on every switch (a step whose result was lost is done again). Returns result
+        fields under keys of the kind's own."""
+        return {}
+
+    def health(self, state: Any, release: Release, slot: str, variables: Dict[str, str],
+               run_checks: Callable[[Release, Dict[str, str]], List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
+        """The kind's own checks of RELEASE running in SLOT, as ``run_checks`` returns them (name, ok, detail,
+        attempts); RUN_CHECKS(release-like dict with ``health``, variables) runs checks of the release's shape."""
+        return []
 
     def report(self, state: Any, record: Dict[str, Any], name: Optional[str]) -> Dict[str, Any]:
         """Status fields for the release NAME that ``current`` runs (None when it runs none)."""
