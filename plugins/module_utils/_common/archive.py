@@ -33,6 +33,7 @@ import stat
 import subprocess
 import tarfile
 import zlib
+from typing import Set
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.errors import ArchiveError
 
@@ -354,13 +355,14 @@ def _open_archive(path, archive):
 
 
 def extract_tar(path: str, dest: str, tree: bool = False, name: str | None = None,
-                inside: str = "the destination") -> int:
+                inside: str = "the destination", directories: Set[str] | None = None) -> int:
     """Extract the tar archive PATH into the existing directory DEST, refusing any member that could land or
     lead outside it (see the module docstring; TREE selects the operating-system-tree policy).
 
     On a refusal (ArchiveError, naming NAME or the archive's base name, and the member; INSIDE names DEST in
     messages) or any other error, everything the extraction created is removed again. Returns the number of
-    members extracted."""
+    members extracted. When a set DIRECTORIES is given, the relative paths ("a/b") of the directories the archive
+    has members for are added to it; the parents it only implies, created with mode 0755, are not."""
     archive = name or os.path.basename(path)
     root = os.path.realpath(dest)
     job = _Extraction(root, archive, tree, inside)
@@ -375,6 +377,8 @@ def extract_tar(path: str, dest: str, tree: bool = False, name: str | None = Non
         except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
             raise ArchiveError(f"archive {archive} is damaged after {count} members: {exc}") from None
         job.finish()
+        if directories is not None:
+            directories.update("/".join(parts) for parts, member in job.directories if member is not None)
         if process is not None and process.wait() != 0:
             raise ArchiveError(f"archive {archive}: zstd could not decompress it (exit code {process.returncode})")
     except BaseException:

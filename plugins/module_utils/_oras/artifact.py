@@ -32,6 +32,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._oci.errors import No
 from ansible_collections.sciops.fleet.plugins.module_utils._common.hashing import digest_bytes, digest_file, digest_stream, tree_digest
 from ansible_collections.sciops.fleet.plugins.module_utils._oci.store import (
     EMPTY_JSON,
+    IMAGE_LAYER_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     OCI_EMPTY,
     OCI_MANIFEST,
@@ -51,6 +52,8 @@ UNPACK_ANNOTATION = "io.deis.oras.content.unpack"
 UNPACKED_DIGEST_ANNOTATION = "io.deis.oras.content.digest"
 # In a pull's destination: what each unpacked directory was unpacked from, and its tree then.
 UNPACKED_RECORD = ".sciops-unpacked.json"
+# In a pull's destination: the untitled layers of a container image, by position (see plan_pull).
+LAYERS_DIRECTORY = ".layers"
 
 
 class LocalFile:
@@ -196,19 +199,44 @@ def _unpack_state(dest, name, path, descriptor):
     return "present"
 
 
+def image_layer_name(number: int, descriptor: Descriptor, what: str) -> str:
+    """The file name of untitled layer NUMBER of a container image in a pull's destination: a fixed name from its
+    position, never one from the manifest. Layers that are not tar changesets (non-distributable, foreign or of
+    another type) are refused."""
+    media_type = descriptor.media_type
+    if media_type not in IMAGE_LAYER_MEDIA_TYPES:
+        foreign = "nondistributable" in str(media_type) or "foreign" in str(media_type)
+        kind = "a non-distributable (foreign) layer" if foreign else "not an image layer"
+        raise OciError(f"{what}, layer {number} ({descriptor.digest}) has media type {media_type!r}: {kind}, which "
+                       f"this collection does not pull; rebuild the image with layers of the types {', '.join(IMAGE_LAYER_MEDIA_TYPES)}")
+    return f"{LAYERS_DIRECTORY}/{number:04d}"
+
+
 def plan_pull(manifest: Mapping[str, Any], dest: str, what: str, create: bool = True,
-              unpack: bool = False) -> Tuple[List[Dict[str, Any]], List[str]]:
+              unpack: bool = False, layers: bool = False) -> Tuple[List[Dict[str, Any]], List[str]]:
     """What pulling MANIFEST into DEST means, file by file.
 
     Returns ``(files, skipped)``: files is a list of dicts (name, path, descriptor, mode, state, unpack) where
     state is ``present`` (content and mode already right), ``mode`` (content right, mode to fix) or ``fetch``;
     skipped lists the digests of layers without a file name, which ORAS clients do not write either. With UNPACK,
-    a directory layer of the oras CLI is a directory DEST/<title>.
+    a directory layer of the oras CLI is a directory DEST/<title>. With LAYERS, an untitled layer is a layer of a
+    container image, pulled to DEST/.layers/NNNN (its position; see image_layer_name), and its dict has the keys
+    layer (the position) and media_type too.
     """
     files, skipped, seen = [], [], set()
     for number, layer in enumerate(manifest.get("layers") or []):
         descriptor = Descriptor.from_dict(layer, f"{what}, layer {number}")
         name = descriptor.title
+        if not name and layers:
+            name = image_layer_name(number, descriptor, what)
+            if name in seen:
+                raise OciError(f"{what} names the file {name!r} as a title; refusing to let one layer overwrite another")
+            seen.add(name)
+            path = safe_destination(dest, name, create=create)
+            state = "present" if file_matches(path, descriptor.digest, descriptor.size) else "fetch"
+            files.append({"name": name, "path": path, "descriptor": descriptor, "mode": None, "state": state, "unpack": None,
+                          "layer": number, "media_type": descriptor.media_type})
+            continue
         if not name:
             skipped.append(descriptor.digest)
             continue
@@ -288,13 +316,24 @@ def unpack_layer(dest: str, item: Mapping[str, Any], archive: str, what: str) ->
     atomic_write(os.path.join(dest, UNPACKED_RECORD), (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
 
+def _pulled(item):
+    """The entry of ITEM (from plan_pull) in pull_artifact's files."""
+    entry = {"name": item["name"], "path": item["path"], "digest": item["descriptor"].digest,
+             "size": item["descriptor"].size, "state": item["state"], "unpacked": bool(item["unpack"])}
+    if "layer" in item:
+        entry.update(layer=item["layer"], media_type=item["media_type"])
+    return entry
+
+
 def pull_artifact(store: OciStore, repo: str | None, ref: str, dest: str, what: str, cache: BlobCache | None = None,
                   expected_digest: str | None = None, check_mode: bool = False, link: bool = False,
-                  unpack: bool = False) -> Dict[str, Any]:
+                  unpack: bool = False, layers: bool = False) -> Dict[str, Any]:
     """Place every named file of the artifact REF in DEST, verified; fetch only what is missing or different.
 
     LINK hard-links files to the CACHE's entries where possible (for trees never written to, see fetch_blob_to).
-    UNPACK unpacks the directory layers of the oras CLI into DEST/<title>/ (see unpack_layer).
+    UNPACK unpacks the directory layers of the oras CLI into DEST/<title>/ (see unpack_layer). LAYERS pulls the
+    untitled layers of a container image too, to DEST/.layers/NNNN (see plan_pull); their entries in files, in
+    manifest order, also have layer (the position) and media_type.
 
     Returns a dict: digest, media_type, artifact_type, annotations, changed, files (name, path, digest,
     size, state), skipped.
@@ -305,7 +344,7 @@ def pull_artifact(store: OciStore, repo: str | None, ref: str, dest: str, what: 
                        "the tag has moved or the wrong reference was given")
     if not check_mode:
         os.makedirs(dest, exist_ok=True)
-    files, skipped = plan_pull(manifest, dest, what, create=not check_mode, unpack=unpack)
+    files, skipped = plan_pull(manifest, dest, what, create=not check_mode, unpack=unpack, layers=layers)
     for item in files:
         if check_mode or item["state"] == "present":
             continue
@@ -323,7 +362,6 @@ def pull_artifact(store: OciStore, repo: str | None, ref: str, dest: str, what: 
         "artifact_type": manifest.get("artifactType") or (manifest.get("config") or {}).get("mediaType"),
         "annotations": manifest.get("annotations") or {},
         "changed": any(item["state"] != "present" for item in files),
-        "files": [{"name": i["name"], "path": i["path"], "digest": i["descriptor"].digest,
-                   "size": i["descriptor"].size, "state": i["state"], "unpacked": bool(i["unpack"])} for i in files],
+        "files": [_pulled(item) for item in files],
         "skipped": skipped,
     }
