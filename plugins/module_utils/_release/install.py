@@ -118,7 +118,7 @@ def _build_release(job: Placement, digest: str, registry_options: Mapping[str, A
         store = open_store(reference, **registry_options)
         pulled = pull_artifact(store, reference.repository, artifact["digest"], job.dest(artifact), str(reference),
                                cache=cache, expected_digest=artifact["digest"], link=True,
-                               **({"layers": True} if kinds.KINDS[artifact["install"]].pull_layers else {}))
+                               layers=kinds.KINDS[artifact["install"]].pull_layers)
         kinds.KINDS[artifact["install"]].place(job, artifact, pulled["files"], str(reference))
         for key in ("bytes_downloaded", "blobs_downloaded"):
             outcome["transfer"][key] += store.stats.get(key, 0)
