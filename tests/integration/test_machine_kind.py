@@ -83,7 +83,7 @@ def _base_members():
     members += [("usr/bin/busybox", "file", {"data": busybox, "mode": 0o755}),
                 ("bin", "link", {"link": "usr/bin"}), ("usr/bin/sh", "link", {"link": "busybox"}),
                 ("usr/bin/test", "link", {"link": "busybox"}),
-                ("etc/server/env", "file", {"data": b""}),
+                ("etc/server/env", "file", {"data": b""}), ("etc/resolv.conf", "file", {"data": b""}),
                 ("etc/server/env.in", "file", {"data": b"ADDRESS=${address}\n"}),
                 ("etc/server/version.in", "file", {"data": b"${application} ${version}\n"})]
     return members
@@ -131,7 +131,7 @@ def _push_oci_image(registry, run_module, tmp_path, name, layers):
     entry = dict(_blob(layout, manifest), mediaType="application/vnd.oci.image.manifest.v1+json",
                  annotations={"org.opencontainers.image.ref.name": "1"})
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
-    copied = run_module("oras_copy", source=f"oci-layout:{layout}:1", target=f"{registry.host}/build/{name}:1", plain_http=True)
+    copied = run_module("oras_copy", source=f"oci-layout:{layout}:1", destination=f"{registry.host}/build/{name}:1", plain_http=True)
     assert not copied.get("failed"), copied
     return f"{registry.host}/build/{name}@{entry['digest']}"
 

@@ -89,12 +89,17 @@ def unit_name(name: str) -> str:
 
 
 def quote_arg(arg: str) -> str:
-    """ARG as one word of a systemd setting (``Parameters=``): plain, or double-quoted with C escapes."""
+    """ARG as one word of a systemd setting (``Parameters=``, ``ExecStart=``): plain, or in single quotes, or in
+    double quotes when it holds a single quote. ``Parameters=`` keeps backslashes as they are, so an argument that
+    would need one (both quote characters, or a backslash) is refused rather than passed on changed."""
     if "\n" in arg or "\0" in arg:
         raise MachineError(f"command: argument {arg!r} has a line break or NUL")
     if _PLAIN_ARG_RE.match(arg):
         return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if "\\" in arg or ("'" in arg and '"' in arg):
+        raise MachineError(f"command: argument {arg!r} holds a backslash or both quote characters, which a systemd "
+                           "setting cannot carry unchanged; put the command in a script in the image and run that")
+    return f"'{arg}'" if "'" not in arg else f'"{arg}"'
 
 
 def settings_sections(params: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -113,7 +118,7 @@ def settings_sections(params: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
     for key, value in sorted((params["environment"] or {}).items()):
         if not _ENV_KEY_RE.match(str(key)):
             raise MachineError(f"environment: {key!r} is not a variable name")
-        environment.append(f"{key}={value}")
+        environment.append(quote_arg(f"{key}={value}"))  # one word: Environment= splits at white space
     if environment:
         exec_["Environment"] = environment
     files = {}

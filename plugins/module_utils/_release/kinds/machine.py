@@ -36,6 +36,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -65,6 +66,8 @@ DROPPED_CAPABILITIES = ("CAP_AUDIT_CONTROL", "CAP_IPC_OWNER", "CAP_LEASE", "CAP_
                         "CAP_NET_BROADCAST", "CAP_NET_RAW", "CAP_SETFCAP", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
                         "CAP_SYS_NICE", "CAP_SYS_PTRACE", "CAP_SYS_RESOURCE", "CAP_SYS_TTY_CONFIG")
 BUILTIN_VARIABLES = ("application", "version", "slot", "machine")
+# null, zero, full, random, urandom, tty, console, ptmx: what an OS tree's /dev may hold (major, minor).
+HARMLESS_DEVICES = ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2))
 
 _KEYS = ("boot", "command", "environment", "slots", "binds", "data", "network", "ports", "limits", "capabilities",
          "volatile", "health")
@@ -120,6 +123,17 @@ class _Validation:
             return None
         return value
 
+    def word(self, value: Any, where: str) -> Optional[str]:
+        """VALUE as text that a .nspawn setting carries as one word, unchanged."""
+        if self.text(value, where) is None:
+            return None
+        try:
+            quote_arg(value)
+        except MachineError as exc:
+            self.check.add(where, str(exc).split(": ", 1)[1])
+            return None
+        return value
+
     def mapping(self, data: Mapping[str, Any], key: str) -> Dict[str, Any]:
         value = data.get(key)
         if value is None:
@@ -165,8 +179,10 @@ def validate_machine(check: Any, data: Any, field: str, application: Optional[st
                     if not isinstance(key, str) or not _VAR_NAME_RE.match(key) or key in BUILTIN_VARIABLES:
                         check.add(f"{field}.slots.{slot}", f"{key!r} is not a variable name of its own "
                                                            f"(letters, digits, '_'; not {', '.join(BUILTIN_VARIABLES)})")
-                    elif v.text(value, f"{field}.slots.{slot}.{key}", ()) is not None and _VARIABLE_RE.search(value):
-                        check.add(f"{field}.slots.{slot}.{key}", "a slot's value is plain text, without ${...}")
+                    elif v.text(value, f"{field}.slots.{slot}.{key}", ()) is not None and \
+                            (_VARIABLE_RE.search(value) or any(c in value for c in "'\"\\")):
+                        check.add(f"{field}.slots.{slot}.{key}", f"{value!r}: a slot's value is plain text, without "
+                                                                 "${...}, quotes or backslashes")
             v.variables |= set(next(iter(slots.values())) or ())
             out["slots"] = {slot: {k: str(x) for k, x in values.items()} for slot, values in slots.items()}
     boot = data.get("boot", False)
@@ -180,14 +196,14 @@ def validate_machine(check: Any, data: Any, field: str, application: Optional[st
     elif not boot and not command:
         check.add(f"{field}.command", "is required unless boot: true: the program the machine runs, as a list, e.g. "
                                       "[/usr/bin/server, --port, \"${port}\"]")
-    out["command"] = [arg for index, arg in enumerate(command) if v.text(arg, f"{field}.command[{index}]") is not None]
+    out["command"] = [arg for index, arg in enumerate(command) if v.word(arg, f"{field}.command[{index}]") is not None]
     if command and not str(command[0]).startswith("/"):
         check.add(f"{field}.command[0]", f"{command[0]!r} must be an absolute path inside the machine")
     environment = {}
     for key, value in v.mapping(data, "environment").items():
         if not isinstance(key, str) or not _VAR_NAME_RE.match(key):
             check.add(f"{field}.environment", f"{key!r} is not an environment variable name")
-        elif v.text(value, f"{field}.environment.{key}") is not None:
+        elif v.word(value, f"{field}.environment.{key}") is not None:
             environment[key] = value
     out["environment"] = environment
     binds = []
@@ -256,6 +272,20 @@ def validate_machine(check: Any, data: Any, field: str, application: Optional[st
     return out
 
 
+def refuse_devices(tree: str, what: str) -> None:
+    """Refuse a device node in TREE other than the harmless ones an OS tree's /dev may hold: a machine gets its devices
+    from systemd-nspawn, and a disk's or memory's node in a release would be open to whoever reaches it on the host."""
+    for base, dirs, names in os.walk(tree):
+        for entry in dirs + names:
+            path = os.path.join(base, entry)
+            info = os.lstat(path)
+            if stat.S_ISBLK(info.st_mode) or (stat.S_ISCHR(info.st_mode) and
+                                              (os.major(info.st_rdev), os.minor(info.st_rdev)) not in HARMLESS_DEVICES):
+                raise NodeError(f"{what}: {os.path.relpath(path, tree)} is a {'block' if stat.S_ISBLK(info.st_mode) else 'character'} "
+                                f"device node ({os.major(info.st_rdev)}:{os.minor(info.st_rdev)}); a machine's image may hold "
+                                "only null, zero, full, random, urandom, tty, console and ptmx; remove it from the image")
+
+
 def machine_artifact(release: Optional[Release]) -> Optional[Artifact]:
     """The artifact of RELEASE installed as a machine, if any."""
     return next((a for a in (release or {}).get("artifacts") or [] if a.get("install") == "machine"), None)
@@ -321,7 +351,8 @@ def desired_files(state: Any, release: Release, name: str, slot: str) -> Tuple[s
     nspawn = shutil.which("systemd-nspawn") or "/usr/bin/systemd-nspawn"
     argv = [nspawn, "--quiet", "--keep-unit", "--link-journal=no", "--settings=override", f"--machine={machine}",
             f"--directory={tree}"]
-    service = ["ExecStart=", "ExecStart=" + " ".join(quote_arg(arg) for arg in argv)]
+    # In a unit file % starts a specifier and $ a variable: both are written doubled.
+    service = ["ExecStart=", "ExecStart=" + " ".join(quote_arg(arg.replace("%", "%%").replace("$", "$$")) for arg in argv)]
     service += [f"{_LIMITS[key][0]}={value}" for key, value in sorted(settings["limits"].items())]
     dropin = "\n".join([HEADER, f"# {release['application']} {release['version']} ({name}) in slot {slot}", "",
                         "[Service]", *service]) + "\n"
@@ -401,6 +432,7 @@ class MachineKind(ImageKind):
                 raise NodeError(str(exc)) from None
             finally:
                 shutil.rmtree(tree, ignore_errors=True)
+        refuse_devices(job.dest(artifact), f"artifact {artifact['name']} ({where})")
         # An OS tree's root is traversable by the machine's unprivileged users.
         os.chmod(job.dest(artifact), 0o755)
 

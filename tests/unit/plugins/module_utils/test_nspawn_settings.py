@@ -47,8 +47,8 @@ def test_every_option_becomes_its_directive():
         settings={"Exec": {"KillSignal": "SIGRTMIN+3"}, "Files": {"TemporaryFileSystem": "/scratch"}},
     )))
     lines = text.splitlines()
-    for line in ("Boot=no", 'Parameters=/usr/bin/server --name "a b" "say \\"hi\\""', "PrivateUsers=pick",
-                 "Capability=CAP_NET_ADMIN", "DropCapability=CAP_SYS_ADMIN CAP_MKNOD", "Environment=A_B=x y",
+    for line in ("Boot=no", "Parameters=/usr/bin/server --name 'a b' 'say \"hi\"'", "PrivateUsers=pick",
+                 "Capability=CAP_NET_ADMIN", "DropCapability=CAP_SYS_ADMIN CAP_MKNOD", "Environment='A_B=x y'",
                  "Environment=SITE=lab-a", "KillSignal=SIGRTMIN+3", "ReadOnly=yes", "Volatile=state",
                  "Bind=/srv/data:/data", "BindReadOnly=/etc/site.conf:/etc/site.conf:norbind",
                  "TemporaryFileSystem=/scratch", "Private=yes", "VirtualEthernet=yes", "Port=tcp:8080:80"):
@@ -80,7 +80,11 @@ def test_machine_names():
     for bad in ("", "-x", "a/b", "a.b", "x" * 65):
         with pytest.raises(MachineError):
             validate_name(bad)
-    assert quote_arg("--port=80") == "--port=80" and quote_arg("a b") == '"a b"'
+    assert quote_arg("--port=80") == "--port=80" and quote_arg("a b") == "'a b'" and quote_arg("it's") == '"it\'s"'
+    # Parameters= keeps a backslash as it is: an argument that needs one is refused, never passed on changed.
+    for bad in ("a\\b", "it's \"x\""):
+        with pytest.raises(MachineError, match="a backslash or both quote characters"):
+            quote_arg(bad)
 
 
 def test_image_formats_are_told_from_their_content(tmp_path):

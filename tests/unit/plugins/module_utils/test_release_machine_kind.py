@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import copy
 import os
+import stat
 
 import pytest
 
+from ansible_collections.sciops.fleet.plugins.module_utils._release.errors import NodeError
 from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds import machine as kind
 from ansible_collections.sciops.fleet.plugins.module_utils._release.manifest import ReleaseError, validate_release
 from ansible_collections.sciops.fleet.plugins.module_utils._release.state import AppState
@@ -65,6 +67,9 @@ def test_a_release_of_another_kind_keeps_its_id():
     ({"slots": {"current": {"port": "1"}}}, "machine.slots: must give values for both slots"),
     ({"slots": {"current": {"port": "1"}, "oldstable": {"p": "2"}}}, "each slot must be a mapping with the same"),
     ({"slots": {"current": {"port": 1}, "oldstable": {"port": 2}}}, "quote it"),
+    ({"slots": {"current": {"port": "1'"}, "oldstable": {"port": "2"}}}, "without ${...}, quotes or backslashes"),
+    ({"command": ["/s", "a\\b"]}, "machine.command[1]: argument 'a\\\\b' holds a backslash"),
+    ({"environment": {"X": "it's \"q\""}}, "machine.environment.X: argument"),
     ({"binds": [{"source": "../etc/shadow", "dest": "/x"}]}, "must be a relative path inside the release"),
     ({"binds": [{"source": "/etc/shadow", "dest": "/x"}]}, "must be a relative path inside the release"),
     ({"binds": [{"source": ".sciops-files.json", "dest": "/x"}]}, "is the node's own record of the release"),
@@ -116,7 +121,7 @@ def test_each_slot_machine_runs_the_release_tree_with_its_own_values(installed):
     settings, dropin = kind.desired_files(state, release, "2.0-cdcdcdcdcdcd", "oldstable")
     lines = settings.splitlines()
     assert lines[0] == kind.HEADER
-    assert 'Parameters=/bin/sh -c "exec /bin/busybox httpd -f -p 8302 -h /srv/www"' in lines
+    assert "Parameters=/bin/sh -c 'exec /bin/busybox httpd -f -p 8302 -h /srv/www'" in lines
     assert "Environment=PORT=8302" in lines and "Environment=WHO=bss-oldstable" in lines
     assert "Environment=SCIOPS_SLOT=oldstable" in lines
     assert f"BindReadOnly={release_dir}/www:/srv/www" in lines
@@ -144,3 +149,18 @@ def test_a_bind_source_through_a_link_is_refused(installed, tmp_path):
 def test_a_booted_machine_keeps_its_capabilities():
     release = validate_release(manifest(boot=True, command=[], capabilities=[]))
     assert release["artifacts"][0]["machine"]["boot"] is True
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making device nodes needs root")
+def test_a_device_node_other_than_the_harmless_ones_is_refused(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "dev").mkdir(parents=True)
+    os.mknod(tree / "dev" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    kind.refuse_devices(str(tree), "image")
+    os.mknod(tree / "dev" / "sda", 0o660 | stat.S_IFBLK, os.makedev(8, 0))
+    with pytest.raises(NodeError, match=r"image: dev/sda is a block device node \(8:0\)"):
+        kind.refuse_devices(str(tree), "image")
+    os.unlink(tree / "dev" / "sda")
+    os.mknod(tree / "dev" / "mem", 0o666 | stat.S_IFCHR, os.makedev(1, 1))
+    with pytest.raises(NodeError, match=r"dev/mem is a character device node \(1:1\)"):
+        kind.refuse_devices(str(tree), "image")
