@@ -22,6 +22,10 @@ description:
     becomes a link to C(<application>/current/<name>). A mount point in a system directory is refused, and so is
     one where a path is that this node did not create (links it created are recorded in
     C(<application>/.mount-links.json)); that path is left as it is. See C(docs/environments.md).
+  - C(machine) artifacts are a root file system (a squashfs or tar image, or an OCI image whose layers are applied in
+    order with their whiteouts), unpacked into C(releases/<id>/<name>) with the same refusals; device nodes other
+    than null, zero, full, random, urandom, tty, console and ptmx are refused. M(sciops.fleet.release_switch) runs it
+    as the nspawn machine C(<application>-current) (and C(<application>-oldstable)). See C(docs/services.md).
   - Configuration files are rendered from the release's templates with C($name) / C(${name}) variables (Python's
     C(string.Template)); a variable no one defines is an error naming the config and the variable.
   - The release is built in a staging directory and renamed into place once complete, so a half-installed release

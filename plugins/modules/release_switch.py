@@ -22,6 +22,12 @@ description:
     version would go down is refused unless O(rpm_downgrade) (then C(--oldpackage)). Then the packages of the release
     C(current) leaves that the new one no longer ships are erased (C(rpm -e)). rpm holds one version of a package, so
     packages follow C(current) only. See C(docs/rpm.md).
+  - When a slot points to a release with an C(install=machine) artifact, the nspawn machine C(<application>-<slot>)
+    runs that release's tree once the slots have moved (settings in C(/etc/systemd/nspawn/<machine>.nspawn), a drop-in
+    of C(systemd-nspawn@<machine>.service)); C(oldstable)'s machine is started before C(current)'s is restarted, and the
+    machine of a slot that is emptied or runs no machine is stopped and removed. A machine that does not start is
+    reported in RV(machines), not failed here; its health check (M(sciops.fleet.release_health)) fails. Every switch
+    checks the machines, so one whose start was lost (a kill) is started by the next. See C(docs/services.md).
   - Before switching, the node's record is made to agree with the slot links and release directories. A slot whose
     link moved while the record was not saved (a switch interrupted by a crash) is recorded as it is, with a switch
     marked C(repaired) in the history, and the task is C(changed) even when the slot already pointed at O(release);
@@ -188,6 +194,16 @@ packages:
   elements: dict
   sample: [{name: qserv, evr: 1.4.0-2, arch: x86_64, installed: 1.4.0-1, action: upgrade,
             file: /var/lib/sciops-fleet/qserv/releases/1.4.0-6c3c624b58db/rpms/qserv-1.4.0-2.x86_64.rpm}]
+machines:
+  description:
+    - The nspawn machines of the slots (releases with an C(install=machine) artifact), oldstable's first, each with
+      C(machine), C(slot), C(unit), the C(release) and C(version) it runs, the C(action) taken (C(unchanged),
+      C(started), C(restarted), C(removed), C(refused)), C(ok), and on failure C(error) and the unit's C(journal).
+  returned: when a slot runs, or ran, a machine
+  type: list
+  elements: dict
+  sample: [{machine: bss-current, slot: current, unit: systemd-nspawn@bss-current.service, release: 2.0-6c3c624b58db,
+            version: "2.0", action: restarted, ok: true}]
 pruned:
   description: Release directory names removed.
   returned: success

@@ -281,7 +281,7 @@ def test_an_oci_image_becomes_the_machine_and_a_hostile_layer_changes_nothing(
     rolled = _rollout(ansible, fleet, good, node)
     assert rolled.rc == 0, rolled.stdout[-4000:]
     tree = f"{STATE}/{OCI_APP}/current/rootfs"
-    assert fleet.ssh(node, f"cd {tree} && ls srv opt/d | tr '\\n' ' '").stdout.split() == [
+    assert fleet.ssh(node, f"cd {tree} && ls srv; ls opt/d").stdout.split() == [
         "new.txt", "www", "z"], "the whiteouts hide old.txt, x and y"
     assert fleet.ssh(node, f"find {tree} -name '.wh.*' | wc -l").stdout.strip() == "0"
     assert _answer(fleet.address(node), "current") == f"{OCI_APP} 1.0"
