@@ -27,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ROLLOUT = os.path.join(REPO, "playbooks", "rollout.yml")
 ROLLBACK = os.path.join(REPO, "playbooks", "rollback.yml")
 RETIRE = os.path.join(REPO, "playbooks", "retire_oldstable.yml")
+STATUS = os.path.join(REPO, "playbooks", "status.yml")
 APP, OCI_APP = "machsrv", "machoci"
 PORTS = {"current": 8311, "oldstable": 8312}
 STATE = "/var/lib/sciops-fleet"
@@ -201,9 +202,9 @@ def test_a_server_release_runs_as_a_machine_per_slot(registry, fleet, ansible, r
         assert _answer(fleet.address(node), "current") == f"{APP} 1.0"
         assert _machines(fleet, node) == [f"{APP}-current"]
         # Inside: the machine's own root (busybox only), the release's config bound read-only, the data directory.
-        inside = _inside(fleet, node, f"{APP}-current", "cat /srv/www/version; ls /usr/bin; "
-                                                         "echo x > /srv/www/version 2>/dev/null || echo read-only; "
-                                                         "echo kept > /data/note && echo written").stdout.split()
+        script = ("cat /srv/www/version; ls /usr/bin; echo x > /srv/www/version 2>/dev/null || echo read-only; "
+                  "echo kept > /data/note && echo written")
+        inside = _inside(fleet, node, f"{APP}-current", script).stdout.split()
         assert inside == [APP, "1.0", "busybox", "sh", "test", "read-only", "written"], inside
     assert fleet.ssh(nodes[0], f"cat {STATE}/_data/{APP}/note").stdout == "kept\n"
 
@@ -230,9 +231,13 @@ def test_a_server_release_runs_as_a_machine_per_slot(registry, fleet, ansible, r
         "current": (f"{APP}-current", "active", True, "as installed"),
         "oldstable": (f"{APP}-oldstable", "active", True, "as installed")}
     fleet.ssh(nodes[0], f"echo '# local' >> /etc/systemd/nspawn/{APP}-current.nspawn")
-    status = ansible(fleet.inventory_path, hosts=nodes[0], module="sciops.fleet.release_status",
-                     module_args=json.dumps({"application": APP})).ok[nodes[0]][0]["status"]
-    assert status["machines"]["current"]["settings"] == "changed"
+    page = ansible(fleet.inventory_path, playbook=STATUS, extravars={
+        "status_application": APP, "status_hosts": hosts, "status_json_path": str(tmp_path / "status.json")})
+    assert page.rc == 0, page.stdout[-3000:]
+    rows = {row["node"]: row for row in json.loads((tmp_path / "status.json").read_text(encoding="utf-8"))["nodes"]}
+    assert rows[nodes[0]]["machines"]["current"]["settings"] == "changed"
+    assert rows[nodes[1]]["machines"]["oldstable"]["state"] == "active"
+    assert f"machine {APP}-current active, settings changed" in page.stdout
 
     # A release whose machine does not start fails its health check; every node is put back on the machine it ran.
     failed = _rollout(ansible, fleet, v3, hosts)
@@ -290,15 +295,16 @@ def test_an_oci_image_becomes_the_machine_and_a_hostile_layer_changes_nothing(
     # '..'; a device node. Each install fails naming the member; nothing appears outside; current keeps running.
     fleet.ssh(node, "mkdir -p /tmp/outside")
     hostile = {
-        "through-link": [[("etc/escape", "link", {"link": "/tmp/outside"})], [("etc/escape/planted", "file", {"data": b"!"})]],
-        "dot-dot": [[("../../../../tmp/outside/planted", "file", {"data": b"!"})]],
-        "device": [[("dev/sda", "device")]],
+        "through-link": ([[("etc/escape", "link", {"link": "/tmp/outside"})], [("etc/escape/planted", "file", {"data": b"!"})]],
+                         "etc/escape/planted"),
+        "dot-dot": ([[("../../../../tmp/outside/planted", "file", {"data": b"!"})]], "../../../../tmp/outside/planted"),
+        "device": ([[("dev/sda", "device")]], "dev/sda is a block device node"),
     }
-    for number, (case, extra) in enumerate(hostile.items(), start=2):
+    for number, (case, (extra, named)) in enumerate(hostile.items(), start=2):
         bad_image = _push_oci_image(registry, run_module, tmp_path, f"machoci-{case}", [lower] + extra)
         bad = _publish(registry, run_module, OCI_APP, f"{number}.0", "1", bad_image)
         refused = _rollout(ansible, fleet, bad, node)
-        assert refused.rc != 0, case
+        assert refused.rc != 0 and named in refused.stdout, (case, refused.stdout[-3000:])
         assert fleet.ssh(node, "ls -A /tmp/outside").stdout == "", case
         assert _answer(fleet.address(node), "current") == f"{OCI_APP} 1.0", case
         assert fleet.ssh(node, f"ls -A {STATE}/{OCI_APP}/releases | grep -c staging", check=False).stdout.strip() == "0"
