@@ -139,7 +139,7 @@ def _push_oci_image(registry, run_module, tmp_path, name, layers):
 
 def _rollout(ansible, fleet, release, hosts, **extra):
     extravars = {"rollout_release": release, "rollout_plain_http": True, "rollout_batches": ["100%"],
-                 "rollout_hosts": hosts, "rollout_keep_oldstable": True, "rollout_restart_services": False,
+                 "rollout_hosts": hosts, "rollout_keep_oldstable": True,
                  "rollout_config_vars": {"address": "{{ ansible_host }}"}}
     extravars.update(extra)
     return ansible(fleet.inventory_path, playbook=ROLLOUT, extravars=extravars)
@@ -254,7 +254,7 @@ def test_a_server_release_runs_as_a_machine_per_slot(registry, fleet, ansible, r
 
     # Every node on protocol 2: the retire gate stops the old machine and removes it.
     retired = ansible(fleet.inventory_path, playbook=RETIRE, extravars={
-        "retire_oldstable_application": APP, "retire_oldstable_service": False, "retire_oldstable_hosts": hosts})
+        "retire_oldstable_application": APP, "retire_oldstable_hosts": hosts})
     assert retired.rc == 0, retired.stdout[-4000:]
     for node in nodes:
         assert _answer(fleet.address(node), "oldstable", timeout=0) is None
@@ -263,7 +263,7 @@ def test_a_server_release_runs_as_a_machine_per_slot(registry, fleet, ansible, r
 
     # Back to 1.0 by name, then forward keeping one release: the data directory survives rollback and prune.
     back = ansible(fleet.inventory_path, playbook=ROLLBACK, extravars={
-        "rollback_application": APP, "rollback_to": "1.0", "rollback_hosts": hosts, "rollback_restart_services": False})
+        "rollback_application": APP, "rollback_to": "1.0", "rollback_hosts": hosts})
     assert back.rc == 0, back.stdout[-4000:]
     pruned = _rollout(ansible, fleet, v2, hosts, rollout_keep_releases=1, rollout_keep_oldstable=False)
     assert pruned.rc == 0, pruned.stdout[-4000:]
