@@ -214,6 +214,14 @@ def test_a_server_release_runs_as_a_machine_per_slot(registry, fleet, ansible, r
     assert again.rc == 0 and sum(again.stats["changed"].values()) == 0, again.stdout[-3000:]
     assert fleet.ssh(nodes[0], f"machinectl show --property=Leader --value {APP}-current").stdout == leader
 
+    # A machine stopped behind the collection's back: that node is not left alone, and the rerun starts it again.
+    fleet.ssh(nodes[1], f"systemctl stop systemd-nspawn@{APP}-current.service")
+    assert _answer(fleet.address(nodes[1]), "current", timeout=0) is None
+    healed = _rollout(ansible, fleet, v1, hosts)
+    assert healed.rc == 0, healed.stdout[-3000:]
+    assert healed.stats["changed"].get(nodes[0], 0) == 0 and healed.stats["changed"].get(nodes[1], 0) > 0
+    assert _answer(fleet.address(nodes[1]), "current") == f"{APP} 1.0"
+
     # Protocol 2 with oldstable kept: both machines run, each on its slot's port, sharing the data directory.
     second = _rollout(ansible, fleet, v2, hosts)
     assert second.rc == 0, second.stdout[-4000:]

@@ -63,7 +63,8 @@ def running_release(digest: str, state_root: str = DEFAULT_STATE_ROOT,
             continue
         name = state.slot_target("current")
         entry = (record.get("releases") or {}).get(name) or {}
-        if name and state.is_installed(name) and entry.get("digest") == digest and entry.get("status") == "good":
+        if name and state.is_installed(name) and entry.get("digest") == digest and entry.get("status") == "good" \
+                and kinds.converged(state):
             oldstable = state.slot_target("oldstable")
             return {"application": state.app, "version": entry.get("version"),
                     "oldstable": release_summary(record, oldstable) if oldstable else None}

@@ -90,6 +90,11 @@ def converge(state: Any, slots: Dict[str, Optional[str]], check_mode: bool = Fal
     return fields
 
 
+def converged(state: Any) -> bool:
+    """Whether what every kind runs outside the releases follows the slots now."""
+    return all(kind.converged(state) for kind in KINDS.values())
+
+
 def health(state: Any, release: Release, slot: str, variables: Dict[str, str],
            run_checks: Callable[[Release, Dict[str, str]], List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     """The checks RELEASE's kinds make of it running in SLOT (before the release's own)."""

@@ -22,6 +22,7 @@ release code calls a kind at these points and nowhere else:
   the steps of every kind's plan are what release_switch returns as ``packages`` (each with an ``action``);
 - ``converge`` (after a slot moved or was emptied): what runs outside the releases follows what the slots point to
   (a machine per slot); a service that does not start is reported, not raised: its health check fails;
+- ``converged`` (status): whether that still holds, so that a rollout does not leave alone a node where it does not;
 - ``health`` (release_health): the kind's own checks of the release a slot runs, before the release's checks;
 - ``report`` (status): what the node says of it besides slots and drift, under keys of its own (``packages``
   for rpm): a key of the status itself (application, installed, current, oldstable, drift) is never used.
@@ -106,6 +107,11 @@ class InstallKind:
         moved or was emptied, and on every switch (a step whose result was lost is done again). Returns result
         fields under keys of the kind's own."""
         return {}
+
+    def converged(self, state: Any) -> bool:
+        """Whether what runs outside the releases follows the slots now (read from the node, cheaply): a node whose
+        record says it runs a release, healthy, is left alone by a rollout only when every kind says so."""
+        return True
 
     def health(self, state: Any, release: Release, slot: str, variables: Dict[str, str],
                run_checks: Callable[[Release, Dict[str, str]], List[Dict[str, Any]]]) -> List[Dict[str, Any]]:

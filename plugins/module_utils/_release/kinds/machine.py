@@ -405,7 +405,7 @@ class MachineKind(ImageKind):
     takes_mount_point = False
     fields = ("machine",)
     pull_layers = True
-    commands = ("systemd-nspawn", "nsenter")
+    commands = ("systemd-nspawn", "machinectl", "nsenter")
 
     def validate(self, check: Any, item: Artifact, field: str, release: Release) -> Dict[str, Any]:
         if any(a.get("install") == "machine" for a in release.get("artifacts") or []):
@@ -540,6 +540,30 @@ class MachineKind(ImageKind):
         rc, out, _err = machine.systemd.run(["machinectl", "show", "--property=Leader", "--value", machine.name])
         leader = out.strip()
         return leader if rc == 0 and leader.isdigit() else "0"
+
+    def converged(self, state: Any) -> bool:
+        """Whether each slot's machine runs what the slot points to, with its settings, and no emptied slot's machine
+        is left: a machine stopped or changed behind the collection's back makes a rollout switch the node again."""
+        if not _APP_RE.match(state.app):
+            return True
+        systemd = None
+        for slot in SLOT_ORDER:
+            name = state.slot_target(slot)
+            release = _read_release(state, name)
+            systemd = systemd or node_systemd()
+            machine = _Machine(state, slot, systemd)
+            if machine_artifact(release) is None:
+                if machine.ours():
+                    return False
+                continue
+            try:
+                settings, dropin = desired_files(state, release, name, slot)
+            except (MachineError, UnitError):
+                return False
+            if not machine.runs(text_digest(settings + dropin), machine.state()) or \
+                    read_text(machine.settings_path) != settings or read_text(machine.dropin_path) != dropin:
+                return False
+        return True
 
     def deactivate(self, release_dir: str) -> None:
         """A release about to be removed runs in no slot; a machine whose drop-in still names it is stopped anyway."""
