@@ -273,13 +273,17 @@ def main():
         fail_from(module, exc)
     except OSError as exc:
         module.fail_json(msg=f"switching {params['application']} to {params['release']} failed: {exc}", error_type="OSError")
-    keys = ("changed", "from", "to", "pruned", "services", "oldstable", "oldstable_moved", "oldstable_from", "packages")
+    keys = ("changed", "from", "to", "pruned", "services", "oldstable", "oldstable_moved", "oldstable_from", "packages",
+            "machines")
     result = {key: outcome[key] for key in keys if key in outcome}
     result["repairs"] = repairs + outcome["repairs"]
     result["record_rebuilt"] = state.rebuilt
     result["changed"] = result["changed"] or bool(result["repairs"])
     for repair in result["repairs"]:
         module.warn(repair)
+    for step in result.get("machines") or []:
+        if not step.get("ok"):
+            module.warn(f"machine {step['machine']} ({step['slot']}) {step['action']}: {step.get('error', 'failed')}")
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = {"before": f"{params['slot']}: {(outcome['from'] or {}).get('name')}\n",
                           "after": f"{params['slot']}: {(outcome['to'] or {}).get('name')}\n"}

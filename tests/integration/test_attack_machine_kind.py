@@ -133,8 +133,8 @@ def test_an_application_name_nspawn_refuses_is_refused_when_published(registry, 
     rootfs = _push_tar_image(registry, run_module, tmp_path, UNDERSCORE_APP)
     release = {"schema_version": 1, "application": UNDERSCORE_APP, "version": "1.0", "protocol": "1", "role": "server",
                "artifacts": [{"name": "rootfs", "reference": rootfs, "install": "machine", "machine": MACHINE}],
-               "configs": [{"source": "rootfs/etc/server/env.in", "dest": "conf/env"},
-                           {"source": "rootfs/etc/server/version.in", "dest": "www/version"}]}
+               "configs": [{"source": "rootfs/root/etc/server/env.in", "dest": "conf/env"},
+                           {"source": "rootfs/root/etc/server/version.in", "dest": "www/version"}]}
     published = run_module("release_publish", manifest_data=release,
                            repository=f"{registry.host}/releases/{UNDERSCORE_APP}", plain_http=True)
     if published.get("failed"):
@@ -157,7 +157,7 @@ def test_a_setuid_file_of_an_image_is_not_open_to_the_nodes_users(registry, flee
     v1 = _publish(registry, run_module, APP, "1.0", "1", image)
     rolled = _rollout(ansible, fleet, v1, node)
     assert rolled.rc == 0, rolled.stdout[-3000:]
-    path = f"{STATE}/{APP}/current/rootfs/usr/bin/rootshell"
+    path = f"{STATE}/{APP}/current/rootfs/root/usr/bin/rootshell"
     assert fleet.ssh(node, f"stat -c %a:%u {path}").stdout.strip() in ("4755:0", "755:0")
     reachable = fleet.ssh(node, f"setpriv --reuid=65534 --regid=65534 --clear-groups -- /bin/sh -c "
                                 f"'test -u {path} && test -x {path} && echo reachable'", check=False)

@@ -44,8 +44,8 @@ MACHINE = {
     "health": [{"command": "test -d /data && test -s /srv/www/version", "timeout": 5},
                {"http": "http://${address}:${port}/version", "timeout": 2, "retries": 10, "delay": 0.5}],
 }
-CONFIGS = [{"source": "rootfs/etc/server/env.in", "dest": "conf/env"},
-           {"source": "rootfs/etc/server/version.in", "dest": "www/version"}]
+CONFIGS = [{"source": "rootfs/root/etc/server/env.in", "dest": "conf/env"},
+           {"source": "rootfs/root/etc/server/version.in", "dest": "www/version"}]
 
 
 def _member(tar, name, kind="file", data=b"", mode=0o644, link=""):
@@ -293,7 +293,7 @@ def test_an_oci_image_becomes_the_machine_and_a_hostile_layer_changes_nothing(
     good = _publish(registry, run_module, OCI_APP, "1.0", "1", image)
     rolled = _rollout(ansible, fleet, good, node)
     assert rolled.rc == 0, rolled.stdout[-4000:]
-    tree = f"{STATE}/{OCI_APP}/current/rootfs"
+    tree = f"{STATE}/{OCI_APP}/current/rootfs/root"
     assert fleet.ssh(node, f"cd {tree} && ls srv; ls opt/d").stdout.split() == [
         "new.txt", "www", "z"], "the whiteouts hide old.txt, x and y"
     assert fleet.ssh(node, f"find {tree} -name '.wh.*' | wc -l").stdout.strip() == "0"

@@ -132,7 +132,7 @@ def switch_release(state: AppState, digest: str, slot: str = "current", keep: in
         _prune(state, record, keep, protect, pending, outcome)
         if moved or outcome["pruned"]:
             state.save(record)
-    return _converge(state, {s: state.slot_target(s) for s in SLOTS}, outcome, check_mode)
+    return _converge(state, None, outcome, check_mode)
 
 
 def retire_slot(state: AppState, slot: str = "oldstable", keep: int = 3, protect: Iterable[str] = (),
@@ -148,7 +148,8 @@ def retire_slot(state: AppState, slot: str = "oldstable", keep: int = 3, protect
     outcome = {"changed": before is not None or bool(repairs), "from": release_summary(record, before) if before else None,
                "pruned": [], "repairs": repairs, "record_rebuilt": state.rebuilt}
     if check_mode or before is None:
-        return _converge(state, {s: None if s == slot else state.slot_target(s) for s in SLOTS}, outcome, check_mode)
+        return _converge(state, {s: None if s == slot else state.slot_target(s) for s in SLOTS} if check_mode else None,
+                         outcome, check_mode)
     with disk_full_names(state, "oldstable was not retired; free space there and retire again"), state.lock():
         record = state.load()
         state.clear_slot(slot)
@@ -157,13 +158,21 @@ def retire_slot(state: AppState, slot: str = "oldstable", keep: int = 3, protect
                               "from": outcome["from"], "to": None, "result": "retired"})
         _prune(state, record, keep, protect, {}, outcome)
         state.save(record)
-    return _converge(state, {s: state.slot_target(s) for s in SLOTS}, outcome, check_mode)
+    return _converge(state, None, outcome, check_mode)
 
 
-def _converge(state: AppState, slots: Mapping[str, Optional[str]], outcome: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
-    """What runs outside the releases follows SLOTS (after the record is saved: a kill before this is undone by the
-    next switch, which converges again); OUTCOME gains the kinds' fields and says changed when they changed anything."""
-    fields = kinds.converge(state, dict(slots), check_mode)
+def _converge(state: AppState, planned: Optional[Mapping[str, Optional[str]]], outcome: Dict[str, Any],
+              check_mode: bool) -> Dict[str, Any]:
+    """What runs outside the releases follows the slots: in CHECK_MODE the PLANNED ones, else those on disk, read
+    under the application's lock and followed before it is given up, so that two switches at once cannot leave a
+    machine running what a slot no longer points to. After the record is saved: a kill before this is made good by
+    the next switch, which converges again. OUTCOME gains the kinds' fields and says changed when they changed
+    anything."""
+    if check_mode:
+        fields = kinds.converge(state, dict(planned or {}), check_mode)
+    else:
+        with state.lock():
+            fields = kinds.converge(state, {slot: state.slot_target(slot) for slot in SLOTS}, check_mode)
     outcome.update(fields)
     outcome["changed"] = outcome["changed"] or any(step.get("action") != "unchanged" for steps in fields.values()
                                                    if isinstance(steps, list) for step in steps)

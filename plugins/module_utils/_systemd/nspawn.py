@@ -71,7 +71,7 @@ ARGUMENT_SPEC = {
     "state_dir": {"type": "path", "default": MACHINES_STATE_DIR},
 }
 
-_MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")  # a host name: systemd-nspawn refuses '_' too
 _PLAIN_ARG_RE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BIND_RE = re.compile(r"^[^\s:]+(:[^\s:]+(:[A-Za-z0-9,]+)?)?$")
@@ -79,7 +79,7 @@ _BIND_RE = re.compile(r"^[^\s:]+(:[^\s:]+(:[A-Za-z0-9,]+)?)?$")
 
 def validate_name(name: str) -> str:
     if not _MACHINE_RE.match(name or ""):
-        raise MachineError(f"name {name!r} is not a machine name: up to 64 letters, digits, '-' and '_', "
+        raise MachineError(f"name {name!r} is not a machine name: up to 64 letters, digits and '-' (a host name), "
                            "starting with a letter or digit")
     return name
 

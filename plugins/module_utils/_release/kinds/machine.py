@@ -38,6 +38,7 @@ import shlex
 import shutil
 import stat
 import tempfile
+import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import atomic_write
@@ -48,7 +49,12 @@ from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds.base i
 from ansible_collections.sciops.fleet.plugins.module_utils._release.kinds.image import ImageKind
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.errors import MachineError, UnitError
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.machine_image import apply_layers
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import ENABLED_STATES, RestartRecord, start_and_check
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager import (
+    ENABLED_STATES,
+    STATE_PROPERTIES,
+    RestartRecord,
+    start_and_check,
+)
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.mount import node_systemd
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn import quote_arg, settings_sections
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.service import read_text
@@ -56,6 +62,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import 
 
 SLOT_ORDER = ("oldstable", "current")  # oldstable's machine runs before current's is restarted
 SETTINGS_DIR = "/etc/systemd/nspawn"
+MACHINES_DIR = "/var/lib/machines"
 UNIT_DIR = "/etc/systemd/system"
 DROPIN_NAME = "50-sciops-fleet.conf"
 HEADER = "# Managed by sciops.fleet (install: machine); the next switch overwrites local changes."
@@ -66,6 +73,9 @@ DROPPED_CAPABILITIES = ("CAP_AUDIT_CONTROL", "CAP_IPC_OWNER", "CAP_LEASE", "CAP_
                         "CAP_NET_BROADCAST", "CAP_NET_RAW", "CAP_SETFCAP", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
                         "CAP_SYS_NICE", "CAP_SYS_PTRACE", "CAP_SYS_RESOURCE", "CAP_SYS_TTY_CONFIG")
 BUILTIN_VARIABLES = ("application", "version", "slot", "machine")
+# The machine's root file system is <release>/<artifact>/root, in a directory only root may enter: the image's own
+# setuid programs and modes are the machine's, never the node's users'.
+TREE = "root"
 # null, zero, full, random, urandom, tty, console, ptmx: what an OS tree's /dev may hold (major, minor).
 HARMLESS_DEVICES = ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2))
 
@@ -74,12 +84,14 @@ _KEYS = ("boot", "command", "environment", "slots", "binds", "data", "network", 
 _VARIABLE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # An application whose machines are named <application>-oldstable: a machine name has at most 64 characters.
-_APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,53}$")
+_APP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,53}$")  # a host name: systemd-nspawn refuses '_' and long names
 _PLAIN_PATH_RE = re.compile(r"^[A-Za-z0-9_@%+=,./-]+$")
 _PORT_RE = re.compile(r"^((tcp|udp):)?[0-9]{1,5}(:[0-9]{1,5})?$")
-_LIMITS = {"memory": ("MemoryMax", re.compile(r"^[0-9]+[KMGT]?$|^[0-9]{1,3}%$"), "bytes with K, M, G or T, or a percentage, e.g. 512M"),
-           "cpu": ("CPUQuota", re.compile(r"^[0-9]{1,5}%$"), "a percentage of one CPU, e.g. 150%"),
-           "tasks": ("TasksMax", re.compile(r"^[0-9]{1,7}$"), "a number of processes and threads, e.g. 256")}
+# Each above zero: systemd ignores CPUQuota=0%, MemoryMax=0 and TasksMax=0, and the machine would run without a limit.
+_LIMITS = {"memory": ("MemoryMax", re.compile(r"^[1-9][0-9]*[KMGT]?$|^[1-9][0-9]{0,2}%$"),
+                      "bytes above zero with K, M, G or T, or a percentage, e.g. 512M"),
+           "cpu": ("CPUQuota", re.compile(r"^[1-9][0-9]{0,4}%$"), "a percentage of one CPU above zero, e.g. 150%"),
+           "tasks": ("TasksMax", re.compile(r"^[1-9][0-9]{0,6}$"), "a number of processes and threads above zero, e.g. 256")}
 
 
 def machine_name(app: str, slot: str) -> str:
@@ -163,7 +175,8 @@ def validate_machine(check: Any, data: Any, field: str, application: Optional[st
     v = _Validation(check, field)
     if application and not _APP_RE.match(application):
         check.add("application", f"{application!r} names machines {application}-current and {application}-oldstable: "
-                                 "use at most 54 lower-case letters, digits, '_' and '-' (no '.') for install: machine")
+                                 "use at most 54 lower-case letters, digits and '-' (no '_' or '.': a machine name is a host name) "
+                                 "for install: machine")
     out: Dict[str, Any] = {}
     slots = v.mapping(data, "slots")
     if slots:
@@ -238,8 +251,11 @@ def validate_machine(check: Any, data: Any, field: str, application: Optional[st
     if ports and network != "veth":
         check.add(f"{field}.ports", "forward ports into a machine's own network: they need network: veth")
     for index, port in enumerate(ports):
-        if not _PORT_RE.match(_VARIABLE_RE.sub("1", port)):
-            check.add(f"{field}.ports[{index}]", f"{port!r} is not [tcp:|udp:]HOST_PORT[:MACHINE_PORT]")
+        for slot, values in (out.get("slots") or {"current": {}}).items():
+            text = _VARIABLE_RE.sub(lambda match, v=values: v.get(match.group(1), "?"), port)
+            if not _PORT_RE.match(text):
+                check.add(f"{field}.ports[{index}]", f"{port!r} is {text!r} in slot {slot}, not [tcp:|udp:]HOST_PORT[:MACHINE_PORT]")
+                break
     out["ports"] = ports
     limits = {}
     for key, value in v.mapping(data, "limits").items():
@@ -347,7 +363,7 @@ def desired_files(state: Any, release: Release, name: str, slot: str) -> Tuple[s
     params["environment"].update(SCIOPS_SLOT=slot, SCIOPS_VERSION=release["version"])
     sections = settings_sections(params)
     text = render_sections(sections, [s for s in ("Exec", "Files", "Network") if s in sections], HEADER)
-    tree = os.path.join(release_dir, artifact["name"])
+    tree = os.path.join(release_dir, artifact["name"], TREE)
     nspawn = shutil.which("systemd-nspawn") or "/usr/bin/systemd-nspawn"
     argv = [nspawn, "--quiet", "--keep-unit", "--link-journal=no", "--settings=override", f"--machine={machine}",
             f"--directory={tree}"]
@@ -376,17 +392,39 @@ class _Machine:
         texts = [read_text(path) for path in (self.settings_path, self.dropin_path)]
         return any(t is not None for t in texts) and all(t is None or t.startswith(HEADER) for t in texts)
 
-    def foreign(self) -> bool:
-        text = read_text(self.settings_path)
-        return text is not None and not text.startswith(HEADER)
+    def foreign(self, props: Mapping[str, str]) -> Optional[str]:
+        """Why a machine of this name is someone else's (made by hand, by nspawn_container, by machinectl), or None."""
+        for path in (self.settings_path, self.dropin_path):
+            text = read_text(path)
+            if text is not None and not text.startswith(HEADER):
+                return f"{path} was not written by this collection"
+        if read_text(self.dropin_path) is None and props.get("ActiveState") in ("active", "activating", "reloading"):
+            return f"{self.unit} runs, started otherwise than by this collection"
+        if os.path.lexists(os.path.join(MACHINES_DIR, self.name)):
+            return f"{os.path.join(MACHINES_DIR, self.name)} is a machine image of that name"
+        return None
 
     def state(self) -> Dict[str, str]:
-        return self.systemd.show(self.unit)
+        return self.systemd.show(self.unit, STATE_PROPERTIES + ("ExecMainStartTimestampMonotonic",))
 
-    def runs(self, digest: str, props: Mapping[str, str]) -> bool:
-        """Whether the running machine was started with the files whose digest is DIGEST (by this kind)."""
-        return (props.get("ActiveState") == "active" and self.record.data.get("unit") == digest
-                and bool(props.get("InvocationID")) and self.record.data.get("invocation") == props.get("InvocationID"))
+    def runs(self, settings: str, dropin: str, props: Mapping[str, str]) -> bool:
+        """Whether the machine runs with SETTINGS and DROPIN: active, both files on disk as they should be and loaded,
+        and started with them: by this kind (its InvocationID recorded then), or after both were last written (a
+        reboot, a restart by hand). Read from the node, so a start whose result was lost is found out."""
+        if props.get("ActiveState") != "active" or props.get("NeedDaemonReload") == "yes":
+            return False
+        if read_text(self.settings_path) != settings or read_text(self.dropin_path) != dropin:
+            return False
+        if props.get("InvocationID") and self.record.data.get("invocation") == props.get("InvocationID") and \
+                self.record.data.get("unit") == text_digest(settings + dropin):
+            return True
+        try:
+            started_us = int(props.get("ExecMainStartTimestampMonotonic") or 0)
+            written = max(os.stat(path).st_mtime for path in (self.settings_path, self.dropin_path))
+        except (ValueError, OSError):
+            return False
+        # systemd's monotonic clock is Python's: the start as wall-clock time, to set against the files' times.
+        return started_us > 0 and time.time() - (time.monotonic() - started_us / 1e6) > written
 
     def remove(self) -> None:
         self.systemd.ctl("disable", "--now", "--", self.unit, check=False)
@@ -432,9 +470,13 @@ class MachineKind(ImageKind):
                 raise NodeError(str(exc)) from None
             finally:
                 shutil.rmtree(tree, ignore_errors=True)
-        refuse_devices(job.dest(artifact), f"artifact {artifact['name']} ({where})")
-        # An OS tree's root is traversable by the machine's unprivileged users.
-        os.chmod(job.dest(artifact), 0o755)
+        dest = job.dest(artifact)
+        refuse_devices(dest, f"artifact {artifact['name']} ({where})")
+        # An OS tree's root is traversable by the machine's unprivileged users; the directory around it is root's.
+        os.chmod(dest, 0o755)
+        wrapper = tempfile.mkdtemp(prefix=f".{artifact['name']}.machine-", dir=job.staging)  # mode 0700
+        os.rename(dest, os.path.join(wrapper, TREE))
+        os.rename(wrapper, dest)
 
     def converge(self, state: Any, slots: Dict[str, Optional[str]], check_mode: bool = False) -> Dict[str, Any]:
         if not _APP_RE.match(state.app):
@@ -464,9 +506,11 @@ class MachineKind(ImageKind):
                 if not check_mode:
                     machine.remove()
             return step
-        if machine.foreign():
-            step.update(ok=False, action="refused", error=f"{machine.settings_path} was not written by this collection; "
-                        f"machine {machine.name} is someone else's: remove it, or rename the application")
+        props = machine.state()
+        reason = machine.foreign(props)
+        if reason:
+            step.update(ok=False, action="refused", error=f"{reason}: machine {machine.name} is someone else's and is "
+                                                         "left as it is; remove it, or rename the application")
             return step
         try:
             settings, dropin = desired_files(state, release, name, machine.slot)
@@ -474,9 +518,7 @@ class MachineKind(ImageKind):
             step.update(ok=False, action="refused", error=str(exc))
             return step
         digest = text_digest(settings + dropin)
-        props = machine.state()
-        if machine.runs(digest, props) and read_text(machine.settings_path) == settings and \
-                read_text(machine.dropin_path) == dropin:
+        if machine.runs(settings, dropin, props):
             return step
         step["action"] = "restarted" if props.get("ActiveState") in ("active", "activating", "reloading") else "started"
         if check_mode:
@@ -508,7 +550,7 @@ class MachineKind(ImageKind):
         check = {"name": f"machine {machine.name} runs {release['version']}", "attempts": 1}
         props = machine.state()
         try:
-            digest = text_digest("".join(desired_files(state, release, name, slot)))
+            settings, dropin = desired_files(state, release, name, slot)
         except (MachineError, UnitError) as exc:
             return [dict(check, ok=False, detail=str(exc))]
         if props.get("ActiveState") != "active":
@@ -517,7 +559,7 @@ class MachineKind(ImageKind):
             results = [dict(check, ok=False, detail=detail + ("; journal: " + " | ".join(journal) if journal else ""))]
             return results + [{"name": c["name"], "ok": False, "attempts": 0, "detail": f"not run: {detail}"}
                               for c in artifact["machine"]["health"]]
-        if not machine.runs(digest, props):
+        if not machine.runs(settings, dropin, props):
             return [dict(check, ok=False, detail=f"{machine.unit} runs, but not what {slot} points to ({name}) with its "
                                                  "settings; switch again to restart it")]
         results = [dict(check, ok=True, detail=f"{machine.unit} is active")]
@@ -560,8 +602,7 @@ class MachineKind(ImageKind):
                 settings, dropin = desired_files(state, release, name, slot)
             except (MachineError, UnitError):
                 return False
-            if not machine.runs(text_digest(settings + dropin), machine.state()) or \
-                    read_text(machine.settings_path) != settings or read_text(machine.dropin_path) != dropin:
+            if not machine.runs(settings, dropin, machine.state()):
                 return False
         return True
 
@@ -588,7 +629,7 @@ class MachineKind(ImageKind):
             props = machine.state()
             try:
                 settings, dropin = desired_files(state, release, target, slot)
-                runs = machine.runs(text_digest(settings + dropin), props)
+                runs = machine.runs(settings, dropin, props)
                 files = ("as installed" if read_text(machine.settings_path) == settings and
                          read_text(machine.dropin_path) == dropin else "changed")
             except (MachineError, UnitError) as exc:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import threading
+import time
 import uuid
 
 import pytest
@@ -68,7 +70,7 @@ class FakeSystemd:
         self.unit_dir = unit_dir
         self.units = {}
 
-    def show(self, unit):
+    def show(self, unit, properties=()):
         return dict(self.units.get(unit, {"ActiveState": "inactive"}))
 
     def daemon_reload(self):
@@ -121,22 +123,25 @@ def node(tmp_path, monkeypatch):
 
 def test_two_switches_at_once_leave_the_machine_running_what_current_points_to(node, monkeypatch):
     """A rollout to 2.0 and a rollback to 1.0 of the same application on one node, run at once (two controllers,
-    or a rollback started while a rollout's switch still converges). Each switch moves the link under the state
-    lock, releases it, and only then converges the machine with the slots it read: the later converge wins and the
-    machine runs the release current no longer points to, while the record says 1.0."""
+    or a rollback started while a rollout's switch still converges). The rollback starts just as the rollout's
+    switch has moved current and is about to converge its machine: whatever the order, the machine must run the
+    release current points to in the end."""
     state, systemd = node
     switch_release(state, "sha256:" + "1" * 64)
     real = kinds.converge
-    calls = []
+    rollback = []
 
     def converge(state_, slots, check_mode=False):
-        calls.append(dict(slots))
-        if len(calls) == 1:  # the rollout's switch has moved current to 2.0 and read its slots: the rollback runs now
-            switch_release(state, "sha256:" + "1" * 64, reason="rollback")
+        if not rollback:  # the rollout's switch has moved current to 2.0: the rollback runs now, beside it
+            rollback.append(threading.Thread(target=switch_release, args=(state, "sha256:" + "1" * 64),
+                                             kwargs={"reason": "rollback"}))
+            rollback[0].start()
+            time.sleep(1)
         return real(state_, slots, check_mode)
 
     monkeypatch.setattr(kinds, "converge", converge)
     switch_release(state, "sha256:" + "2" * 64)
+    rollback[0].join(30)
     current = os.readlink(os.path.join(state.app_dir, "current"))
     running = systemd.units["systemd-nspawn@bss-current.service"]["dropin"]
     assert current == "releases/1.0-111111111111"

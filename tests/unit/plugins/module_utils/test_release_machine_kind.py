@@ -77,7 +77,7 @@ def test_a_release_of_another_kind_keeps_its_id():
     ({"binds": [{"source": "w w", "dest": "/srv"}]}, "white space or ':'"),
     ({"data": "/data/../etc"}, "machine.data: '/data/../etc' must be an absolute path in the machine"),
     ({"ports": ["tcp:${port}:80"]}, "they need network: veth"),
-    ({"network": "veth", "ports": ["tcp:${port}:eighty"]}, "is not [tcp:|udp:]HOST_PORT[:MACHINE_PORT]"),
+    ({"network": "veth", "ports": ["tcp:${port}:eighty"]}, "in slot current, not [tcp:|udp:]HOST_PORT[:MACHINE_PORT]"),
     ({"limits": {"memory": "lots"}}, "machine.limits.memory: 'lots' is not bytes"),
     ({"limits": {"swap": "1G"}}, "machine.limits.swap: unknown limit"),
     ({"capabilities": ["CAP_SYS_MODULE"]}, "'CAP_SYS_MODULE' is not one of the capabilities a command machine drops"),
