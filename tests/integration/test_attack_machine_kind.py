@@ -20,7 +20,6 @@ from test_machine_kind import (  # the happy path's helpers: images, publishing,
     _push_oci_image,
     _push_tar_image,
     _rollout,
-    _tar_gz,
 )
 
 pytestmark = [pytest.mark.fleet, pytest.mark.registry]

@@ -509,8 +509,8 @@ class MachineKind(ImageKind):
         props = machine.state()
         reason = machine.foreign(props)
         if reason:
-            step.update(ok=False, action="refused", error=f"{reason}: machine {machine.name} is someone else's and is "
-                                                         "left as it is; remove it, or rename the application")
+            error = f"{reason}: machine {machine.name} is someone else's and is left as it is; remove it, or rename the application"
+            step.update(ok=False, action="refused", error=error)
             return step
         try:
             settings, dropin = desired_files(state, release, name, machine.slot)
