@@ -22,7 +22,7 @@ description:
     C(systemctl) and C(machinectl); systemd needs 226 or later, polkit 0.106 or later.
   - With sudo (O(mechanism=sudoers), or O(mechanism=auto) where polkit cannot carry it), the grant is one drop-in,
     C(<sudoers_dir>/sciops-fleet-<name>), with one exact command line per unit and verb
-    (for the group, as root, without password: C(/usr/bin/systemctl restart app@current.service)): no shell, no wildcard, and
+    (for the group, as root, without a password, C(/usr/bin/systemctl restart app@current.service)) - no shell, no wildcard, and
     no argument beyond those named, since sudo matches a command written with arguments only when the arguments
     are exactly these. It is checked with C(visudo -cf) under a name sudo ignores and renamed into place only when
     visudo accepts it. The group members run C(sudo systemctl restart app@current.service).
@@ -33,7 +33,7 @@ description:
   - Refused, with a message saying why and nothing written - verbs that are not per unit or amount to root
     (C(enable), C(disable), C(mask), C(link), C(edit), C(daemon-reload), C(set-property), C(isolate), ...;
     enabling is polkit's C(manage-unit-files), which systemd never checks per unit), units that are too broad
-    (C(*), C(*.service), C(ssh*): a pattern may only stand for the instances of one named template, such as
+    (C(*), C(*.service), C(ssh*) - a pattern may only stand for the instances of one named template, such as
     C(qserv@*.service)), templates themselves, units whose start or stop acts on the whole node (C(reboot.target),
     C(rescue.target), C(polkit.service), ...), and a group that does not exist.
   - Runs on the managed node with the Python standard library.
@@ -53,7 +53,7 @@ attributes:
 options:
   name:
     description:
-      - The grant's name, in its file name. Lower-case letters, digits, C(-) and C(_) (no dot: sudo ignores files
+      - The grant's name, in its file name. Lower-case letters, digits, C(-) and C(_) (no dot - sudo ignores files
         in C(sudoers.d) whose name has one).
     type: str
     required: true
