@@ -191,7 +191,7 @@ mechanism_reason:
   returned: always
   type: str
   sample: "polkit.service is masked"
-path:
+grant_file:
   description: The rule or sudoers file of the grant; null with O(state=absent).
   returned: always
   type: str

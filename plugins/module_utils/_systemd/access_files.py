@@ -132,7 +132,8 @@ class ServiceAccess:
             if not self.check_mode:
                 remove_quietly(path)
                 fsync_dir(os.path.dirname(path))
-        result: Dict[str, Any] = {"changed": bool(removed), "mechanism": None, "path": None, "removed": removed,
+        result: Dict[str, Any] = {"changed": bool(removed), "mechanism": None, "grant_file": None,
+                                  "removed": removed,
                                   "grant": "", "mechanism_reason": "state=absent"}
         if self.diff:
             result["diff"] = dict(diff, before_header=", ".join(removed), after_header="(removed)")
@@ -180,7 +181,7 @@ class ServiceAccess:
                 remove_quietly(other)
                 fsync_dir(os.path.dirname(other))
         result: Dict[str, Any] = {"changed": write or bool(stale), "mechanism": mechanism, "mechanism_reason": reason,
-                                  "path": path, "removed": stale, "grant": describe(grant)}
+                                  "grant_file": path, "removed": stale, "grant": describe(grant)}
         if self.diff:
             result["diff"] = {"before": before or "", "after": text, "before_header": path, "after_header": path}
         return result

@@ -185,7 +185,7 @@ def test_polkit_grant_check_apply_check_apply_and_absent_removes_exactly_its_fil
     rule = node / "rules.d" / "60-sciops-fleet-app-ops.rules"
     results = [access(node, check_mode=True), access(node), access(node, check_mode=True), access(node)]
     assert [r["changed"] for r in results] == [True, True, False, False]
-    assert results[1]["mechanism"] == "polkit" and results[1]["path"] == str(rule)
+    assert results[1]["mechanism"] == "polkit" and results[1]["grant_file"] == str(rule)
     assert results[0]["diff"]["after"] == rule.read_text(encoding="utf-8")
     assert oct(rule.stat().st_mode & 0o777) == "0o644"
     gone = access(node, state="absent")
