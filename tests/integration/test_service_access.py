@@ -174,7 +174,8 @@ def test_without_polkit_ops_restarts_its_service_through_exact_sudo_lines(fleet,
     assert fleet.ssh(SUDO_NODE, f"systemctl is-active {CURRENT} ssh.service").stdout.split() == ["active"] * 2
 
     # Without instances, a pattern cannot be written for sudo: refused, and the grant in place stays as it was.
-    refused = service_access(fleet, ansible, SUDO_NODE, **dict(grant, instances=[], verbs=["restart", "start"]))
+    refused = service_access(fleet, ansible, SUDO_NODE, name="access-app", group="ops", units=grant["units"],
+                             verbs=["restart", "start"])
     assert refused.get("failed") and "matches spaces and further arguments" in refused["msg"], refused
     assert fleet.ssh(SUDO_NODE, "grep -c NOPASSWD /etc/sudoers.d/sciops-fleet-access-app").stdout.strip() == "1"
 
@@ -192,8 +193,8 @@ def test_without_polkit_ops_restarts_its_service_through_exact_sudo_lines(fleet,
     ({"units": [CURRENT], "verbs": ["daemon-reload"]}, "not per unit"),
     ({"units": ["reboot.target"], "verbs": ["start"]}, "whole node"),
 ])
-def test_a_grant_that_would_be_root_is_refused_with_the_reason_and_writes_nothing(fleet, ansible, ops, node, args,
-                                                                                   reason):
+def test_a_grant_that_would_be_root_is_refused_with_the_reason_and_writes_nothing(
+        fleet, ansible, ops, node, args, reason):
     result = service_access(fleet, ansible, node, name="access-bad", group="ops", **args)
     assert result.get("failed") and reason in result["msg"], result
     assert grant_files(fleet, node) == []
