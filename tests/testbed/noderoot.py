@@ -32,6 +32,10 @@ NODE_PACKAGES = (
     "fuse3",
     "rpm",
     "iproute2",
+    # service_access: polkit rules where polkitd runs, a sudoers drop-in (visudo-checked) where it does not.
+    "polkitd",
+    "libpam-systemd",
+    "sudo",
 )
 # Bump when the post-debootstrap preparation of the root changes.
 ROOT_LAYOUT_VERSION = "1"

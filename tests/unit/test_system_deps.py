@@ -41,7 +41,7 @@ BASE = {
 
 # Programs that run only inside the test nodes (node-side modules), from a package of the node root.
 NODE_ONLY = {
-    "systemctl": "systemd", "journalctl": "systemd", "systemd-escape": "systemd",
+    "systemctl": "systemd", "journalctl": "systemd", "systemd-escape": "systemd", "visudo": "sudo",
 }
 
 # Programs of the venv (requirements.txt): program -> distribution.

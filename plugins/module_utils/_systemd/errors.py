@@ -22,3 +22,8 @@ class MachineError(UnitError):
 class MountError(UnitError):
     """An image could not be mounted: its mount unit was refused, or systemd could not start it (its journal is in
     the message)."""
+
+
+class AccessError(FleetError):
+    """A grant was refused (a verb or unit that would amount to root, a pattern too broad) or could not be written;
+    ``str()`` says what and why. Nothing is written when it is raised before the files are."""
