@@ -121,6 +121,10 @@ options:
     description:
       - C(present) puts the grant in place; C(absent) removes the rule and the sudoers drop-in of O(name), whichever
         exist, and nothing else.
+      - Only files this module wrote (their first line says so) are replaced or removed. A site's own file of the
+        grant's name fails C(present) with a message and is left as it is; C(absent) leaves it and warns.
+      - In check mode a group that does not exist yet (one an earlier task of the same play creates) is predicted,
+        with a warning, instead of failing.
     type: str
     choices: [present, absent]
     default: present
@@ -230,10 +234,13 @@ def main():
         return module.get_bin_path(program)
 
     try:
-        result = ServiceAccess(module.params, run, which, check_mode=module.check_mode,
-                               diff=module._diff).run()  # pylint: disable=protected-access
+        access = ServiceAccess(module.params, run, which, check_mode=module.check_mode,
+                               diff=module._diff)  # pylint: disable=protected-access
+        result = access.run()
     except AccessError as exc:
         fail_from(module, exc, name=module.params["name"])
+    for warning in access.warnings:
+        module.warn(warning)
     module.exit_json(**result)
 
 

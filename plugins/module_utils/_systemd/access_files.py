@@ -11,6 +11,7 @@ visudo accepts it: a broken drop-in would lock every user out of sudo.
 
 from __future__ import annotations
 
+import grp
 import os
 import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -24,6 +25,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import (
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.access import (
     GRANT_NAME_RE,
+    MANAGED_MARK,
     Grant,
     describe,
     polkit_rule_text,
@@ -94,6 +96,25 @@ def _read(path: str) -> Tuple[Optional[str], Optional[int]]:
         return "", os.stat(path).st_mode & 0o7777
 
 
+def _written_here(path: str) -> bool:
+    """Whether the file at PATH is one this module wrote (its first line carries the mark); a link never is."""
+    if os.path.islink(path):
+        return False
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return MANAGED_MARK in handle.readline()
+    except OSError:
+        return False
+
+
+def _group_exists(group: str) -> bool:
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        return False
+    return True
+
+
 def _visudo_check(run: Run, visudo: str, path: str) -> None:
     rc, out, err = run([visudo, "-c", "-q", "-f", path])
     if rc != 0:
@@ -112,6 +133,7 @@ class ServiceAccess:
         self.check_mode = check_mode
         self.diff = diff
         self.polkitd_paths = polkitd_paths
+        self.warnings: List[str] = []
         name = params["name"] or ""
         if not GRANT_NAME_RE.match(name):
             raise AccessError(f"name {name!r}: use lower-case letters, digits, '-' and '_' (at most 64); it names "
@@ -125,7 +147,11 @@ class ServiceAccess:
         return self._present()
 
     def _absent(self) -> Dict[str, Any]:
-        removed = [path for path in self.paths.values() if os.path.lexists(path)]
+        present = [path for path in self.paths.values() if os.path.lexists(path)]
+        removed = [path for path in present if _written_here(path)]
+        for path in present:
+            if path not in removed:
+                self.warnings.append(f"{path} was not written by {MANAGED_MARK}; it is left as it is")
         diff = {"before": "", "after": ""}
         for path in removed:
             diff["before"] += _read(path)[0] or ""
@@ -164,13 +190,21 @@ class ServiceAccess:
         return sudoers_text(grant, systemctl, machinectl or "/usr/bin/machinectl")
 
     def _present(self) -> Dict[str, Any]:
-        grant = Grant.from_params(self.params)
+        # In check mode the group may be one an earlier task of the same play creates: predicted, not required.
+        grant = Grant.from_params(self.params, check_group=not self.check_mode)
+        if self.check_mode and not _group_exists(grant.group):
+            self.warnings.append(f"group {grant.group} does not exist on this node yet; a real run needs it")
         mechanism, reason = self._mechanism()
         text = self._text(grant, mechanism)
         path = self.paths[mechanism]
+        if os.path.lexists(path) and not _written_here(path):
+            raise AccessError(f"{path} was not written by {MANAGED_MARK}, so it is not replaced: it is the site's own "
+                              f"file of that name; rename or remove it, or give the grant another name than "
+                              f"{self.params['name']!r}")
         mode = RULES_MODE if mechanism == "polkit" else SUDOERS_MODE
         before, before_mode = _read(path)
-        stale = [other for key, other in self.paths.items() if key != mechanism and os.path.lexists(other)]
+        stale = [other for key, other in self.paths.items() if key != mechanism and os.path.lexists(other)
+                 and _written_here(other)]
         write = before != text or before_mode != mode
         if mechanism == "sudoers" and write:
             self._check_sudoers(text)
