@@ -60,8 +60,9 @@ IMAGE_KINDS = tuple(name for name, kind in KINDS.items() if kind.takes_mount_poi
 _VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOP_KEYS = ("schema_version", "application", "version", "protocol", "role", "description", "artifacts", "configs",
              "services", "requires", "health")
-_ARTIFACT_KEYS = ("name", "reference", "digest", "install", "description", "mount_point") + tuple(
-    sorted({field for kind in KINDS.values() for field in kind.fields}))
+# Artifact fields of one install kind's own (a machine's settings), checked by that kind.
+_KIND_FIELDS = tuple(sorted({field for kind in KINDS.values() for field in kind.fields}))
+_ARTIFACT_KEYS = ("name", "reference", "digest", "install", "description", "mount_point") + _KIND_FIELDS
 _CONFIG_KEYS = ("source", "dest", "vars", "mode")
 _REQUIRES_KEYS = ("arch", "os_family", "disk_mb", "memory_mb", "commands", "kernel")
 
@@ -218,7 +219,7 @@ def validate_release(data, source="(given)", mount_point_prefixes=None):
                 # Only when given: releases written without it keep their canonical form, hence their id.
                 entry["mount_point"] = _clean_absolute(mount_point)
         kind = KINDS.get(install)
-        for key in set(_ARTIFACT_KEYS) - {"name", "reference", "digest", "install", "description", "mount_point"}:
+        for key in _KIND_FIELDS:
             if item.get(key) is not None and (kind is None or key not in kind.fields):
                 check.add(f"{field}.{key}", f"belongs to install kinds {', '.join(n for n, k in KINDS.items() if key in k.fields)}, "
                           f"not {install!r}; set install accordingly, or remove {key}")

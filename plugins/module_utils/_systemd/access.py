@@ -146,6 +146,14 @@ class UnitPattern:
         return [unit for unit in units if self.matches(unit) and UnitName(unit).is_instance]
 
 
+def check_grant_name(name: str) -> str:
+    """NAME, or AccessError: it names the rule and sudoers files."""
+    if not GRANT_NAME_RE.match(name):
+        raise AccessError(f"name {name!r}: use lower-case letters, digits, '-' and '_' (at most 64); it names "
+                          "the rule and sudoers files, and sudo ignores files in sudoers.d whose name has a dot")
+    return name
+
+
 class Grant:
     """One validated grant. Build it with ``Grant.from_params``; nothing is written for a grant that fails."""
 
@@ -162,10 +170,7 @@ class Grant:
     @classmethod
     def from_params(cls, params: Mapping[str, Any], check_group: bool = True) -> Grant:
         """Validate the module's parameters; raise AccessError saying what was refused and why."""
-        name = params.get("name") or ""
-        if not GRANT_NAME_RE.match(name):
-            raise AccessError(f"name {name!r}: use lower-case letters, digits, '-' and '_' (at most 64); it names "
-                              "the rule and sudoers files, and sudo ignores files in sudoers.d whose name has a dot")
+        name = check_grant_name(params.get("name") or "")
         group = params.get("group") or ""
         if not _GROUP_RE.match(group):
             raise AccessError(f"group {group!r} is not a group name (lower-case letters, digits, '_' and '-')")

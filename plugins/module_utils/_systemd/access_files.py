@@ -24,9 +24,9 @@ from ansible_collections.sciops.fleet.plugins.module_utils._common.fs import (
     remove_quietly,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.access import (
-    GRANT_NAME_RE,
     MANAGED_MARK,
     Grant,
+    check_grant_name,
     describe,
     polkit_rule_text,
     sudoers_text,
@@ -134,10 +134,7 @@ class ServiceAccess:
         self.diff = diff
         self.polkitd_paths = polkitd_paths
         self.warnings: List[str] = []
-        name = params["name"] or ""
-        if not GRANT_NAME_RE.match(name):
-            raise AccessError(f"name {name!r}: use lower-case letters, digits, '-' and '_' (at most 64); it names "
-                              "the rule and sudoers files, and sudo ignores files in sudoers.d whose name has a dot")
+        name = check_grant_name(params["name"] or "")
         self.paths = {"polkit": rules_path(params["rules_dir"], name),
                       "sudoers": sudoers_path(params["sudoers_dir"], name)}
 

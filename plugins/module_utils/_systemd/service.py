@@ -265,6 +265,9 @@ class ServiceUnit:
     def _write_unit(self):
         text = desired_text(self.params, self.unit, self.dropin)
         if text is None:
+            # A unit that does not exist is already stopped and disabled: only asking for more needs its file.
+            if self.params.get("state") in (None, "stopped") and not self.params.get("enabled"):
+                return False
             for unit in self.units:
                 if self.systemd.show(unit).get("LoadState") == "not-found":
                     raise UnitError(f"{unit} does not exist; give sections or content to write {self.path}")

@@ -56,7 +56,7 @@ from ansible_collections.sciops.fleet.plugins.module_utils._systemd.manager impo
     start_and_check,
 )
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.mount import node_systemd
-from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn import quote_arg, settings_sections
+from ansible_collections.sciops.fleet.plugins.module_utils._systemd.nspawn import quote_arg, settings_sections, unit_name
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.service import read_text
 from ansible_collections.sciops.fleet.plugins.module_utils._systemd.unit import render_sections, text_digest
 
@@ -96,10 +96,6 @@ _LIMITS = {"memory": ("MemoryMax", re.compile(r"^[1-9][0-9]*[KMGT]?$|^[1-9][0-9]
 
 def machine_name(app: str, slot: str) -> str:
     return f"{app}-{slot}"
-
-
-def unit_name(machine: str) -> str:
-    return f"systemd-nspawn@{machine}.service"
 
 
 def substitute(text: str, variables: Mapping[str, str]) -> str:
